@@ -1,0 +1,1 @@
+//! Strait control plane.
