@@ -1,1 +1,3 @@
 //! Strait control plane.
+
+pub mod model;

@@ -3,11 +3,15 @@
 //! A [`Resource`] is one config object (`apiVersion`, `kind`, `metadata`, `spec`). Parsing goes
 //! YAML → JSON value → typed spec, so every refusal names the path of the bad field.
 
+pub mod document;
+mod duration;
+pub mod validate;
 mod kind;
 mod meta;
 pub mod networking;
 pub mod security;
 
+pub use duration::Duration;
 pub use kind::Kind;
 pub use meta::{Meta, ResourceKey};
 
