@@ -6,6 +6,7 @@
 pub mod document;
 mod duration;
 pub mod validate;
+pub mod yaml;
 mod kind;
 mod meta;
 pub mod networking;

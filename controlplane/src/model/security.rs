@@ -4,7 +4,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::networking::WorkloadSelector;
+use super::networking::Labels;
+
+/// Istio's `istio.type.v1beta1.WorkloadSelector`, as the security kinds spell it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySelector {
+    #[serde(default)]
+    pub match_labels: Labels,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -27,7 +35,7 @@ pub struct Mtls {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PeerAuthentication {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<WorkloadSelector>,
+    pub selector: Option<PolicySelector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<Mtls>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -46,7 +54,7 @@ pub enum Action {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AuthorizationPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub selector: Option<WorkloadSelector>,
+    pub selector: Option<PolicySelector>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
     #[serde(default)]
