@@ -6,7 +6,13 @@
 //! - The names every part agrees on: [`identity`], [`sni`], [`locality`], [`node`].
 #![deny(missing_debug_implementations)]
 
+pub mod identity;
+pub mod locality;
+pub mod node;
+pub mod sni;
 pub mod xds;
+
+mod rules;
 
 /// Istio's CA service (`istio.v1.auth`).
 pub mod ca {

@@ -12,8 +12,7 @@ pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 /// Type URL of an endpoint assignment (EDS).
 pub const ENDPOINT: &str = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
 /// Type URL of a secret (SDS).
-pub const SECRET: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+pub const SECRET: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 /// Packs a message into `google.protobuf.Any` with its canonical type URL.
 pub fn to_any<M: prost::Name>(msg: &M) -> google::protobuf::Any {
