@@ -1,3 +1,6 @@
 //! Strait control plane.
 
+pub mod cli;
 pub mod model;
+pub mod store;
+pub mod xds;

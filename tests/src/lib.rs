@@ -2,12 +2,14 @@
 //!
 //! - [`process`]: [`Child`], a process guard that logs to a file and cannot outlive its test;
 //! - [`bins`]: where the workspace binaries (`straitd`, `straitctl`) are;
+//! - [`controlplane`]: a real `straitd` on its own loopback address, and `straitctl` against it;
 //! - [`wait`]: [`eventually`] and [`assert_eventually!`], waiting on conditions instead of sleeps;
 //! - [`ports`]: free loopback ports and a loopback address per test (Istio's fixed ports side by side);
 //! - [`envoy`]: a stock Envoy with an Istio-style bootstrap, and its admin API;
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client.
 
 pub mod bins;
+pub mod controlplane;
 pub mod envoy;
 pub mod ports;
 pub mod process;

@@ -4,6 +4,7 @@
 //! YAML → JSON value → typed spec, so every refusal names the path of the bad field.
 
 pub mod document;
+pub mod mesh;
 mod duration;
 pub mod validate;
 pub mod yaml;
