@@ -30,21 +30,45 @@ impl Straitd {
     }
 
     /// Like [`Straitd::start`] on a given address (to restart on the same one).
-    pub async fn start_on(ip: Ipv4Addr, cluster: &str, network: &str, store: &Path) -> Result<Straitd> {
+    pub async fn start_on(
+        ip: Ipv4Addr,
+        cluster: &str,
+        network: &str,
+        store: &Path,
+    ) -> Result<Straitd> {
         let child = Child::builder(&format!("straitd-{cluster}"), bins::straitd()?)
-            .args(["--cluster", cluster, "--network", network, "--bind", &ip.to_string()])
+            .args([
+                "--cluster",
+                cluster,
+                "--network",
+                network,
+                "--bind",
+                &ip.to_string(),
+            ])
             .arg("--store")
             .arg(store)
             .env("STRAIT_LOG", "info,strait_controlplane=debug")
             .spawn()?;
-        let d = Straitd { child, ip, store: store.to_path_buf() };
+        let d = Straitd {
+            child,
+            ip,
+            store: store.to_path_buf(),
+        };
         let http = d.http();
         let child = &d.child;
-        eventually("straitd to answer /ready", Duration::from_secs(20), || async move {
-            child.ensure_running()?;
-            let r = http_request(http, "GET", "straitd", "/ready").await?;
-            if r.status == 200 { Ok(()) } else { bail!("status {}", r.status) }
-        })
+        eventually(
+            "straitd to answer /ready",
+            Duration::from_secs(20),
+            || async move {
+                child.ensure_running()?;
+                let r = http_request(http, "GET", "straitd", "/ready").await?;
+                if r.status == 200 {
+                    Ok(())
+                } else {
+                    bail!("status {}", r.status)
+                }
+            },
+        )
         .await?;
         Ok(d)
     }
@@ -65,11 +89,16 @@ impl Straitd {
     pub async fn ctl(&self, args: &[&str], stdin: Option<&str>) -> Result<CtlOutput> {
         let mut cmd = tokio::process::Command::new(bins::straitctl()?);
         cmd.arg("--server").arg(self.server_url()).args(args);
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let mut child = cmd.spawn().context("spawning straitctl")?;
         if let Some(mut pipe) = child.stdin.take() {
             if let Some(input) = stdin {
-                pipe.write_all(input.as_bytes()).await.context("writing straitctl's stdin")?;
+                pipe.write_all(input.as_bytes())
+                    .await
+                    .context("writing straitctl's stdin")?;
             }
         }
         let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
@@ -97,7 +126,8 @@ impl Straitd {
         if !out.success {
             bail!("straitctl proxy-status failed: {}", out.stderr);
         }
-        let v: Value = serde_json::from_str(&out.stdout).context("proxy-status output is not JSON")?;
+        let v: Value =
+            serde_json::from_str(&out.stdout).context("proxy-status output is not JSON")?;
         Ok(v["proxies"].as_array().cloned().unwrap_or_default())
     }
 }

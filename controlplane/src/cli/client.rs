@@ -26,7 +26,12 @@ impl Client {
         Ok(Client { base, http })
     }
 
-    pub async fn call(&self, method: Method, path: &str, body: Option<String>) -> anyhow::Result<Value> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> anyhow::Result<Value> {
         let uri = format!("{}{}", self.base, path);
         let req = Request::builder()
             .method(method.clone())
@@ -34,17 +39,26 @@ impl Client {
             .header("content-type", "application/yaml")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .with_context(|| format!("building request {method} {uri}"))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .with_context(|| format!("cannot reach straitd at {} (is it running? see --server)", self.base))?;
+        let resp = self.http.request(req).await.with_context(|| {
+            format!(
+                "cannot reach straitd at {} (is it running? see --server)",
+                self.base
+            )
+        })?;
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.context("reading straitd's answer")?.to_bytes();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .context("reading straitd's answer")?
+            .to_bytes();
         let value: Value = serde_json::from_slice(&bytes)
             .with_context(|| format!("straitd answered {status} with a body that is not JSON"))?;
         if status != StatusCode::OK {
-            let msg = value.get("error").and_then(Value::as_str).unwrap_or("(no message)");
+            let msg = value
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("(no message)");
             bail!("{msg}");
         }
         Ok(value)

@@ -11,7 +11,9 @@ pub fn read_inputs(args: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
     for arg in args {
         if arg.as_os_str() == "-" {
             let mut s = String::new();
-            std::io::stdin().read_to_string(&mut s).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading stdin")?;
             out.push(("<stdin>".to_string(), s));
         } else if arg.is_dir() {
             for file in config_files(arg)? {
@@ -34,7 +36,9 @@ fn config_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.is_file()
-                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
         })
         .collect();
     files.sort();

@@ -55,7 +55,10 @@ struct InputMeta {
 /// Parses and validates one document. `default_namespace` fills a missing `metadata.namespace`.
 pub fn from_value(doc: Value, default_namespace: &str) -> Result<Resource, FieldError> {
     let Value::Object(mut obj) = doc else {
-        return Err(FieldError::new("", "a document must be a mapping with apiVersion, kind, metadata and spec"));
+        return Err(FieldError::new(
+            "",
+            "a document must be a mapping with apiVersion, kind, metadata and spec",
+        ));
     };
     let kind = take_kind(&mut obj)?;
     let metadata = obj
@@ -96,12 +99,20 @@ fn take_kind(obj: &mut Map<String, Value>) -> Result<Kind, FieldError> {
     let kind = Kind::ALL
         .into_iter()
         .find(|k| k.as_str() == kind_name)
-        .ok_or_else(|| FieldError::new("kind", super::kind::UnknownKind(kind_name.clone()).to_string()))?;
+        .ok_or_else(|| {
+            FieldError::new(
+                "kind",
+                super::kind::UnknownKind(kind_name.clone()).to_string(),
+            )
+        })?;
     let (group, version) = api_version.split_once('/').unwrap_or(("", ""));
     if group != kind.group() || !kind.accepts_version(version) {
         return Err(FieldError::new(
             "apiVersion",
-            format!("{api_version:?} is not an API version of {kind}; use {:?}", kind.api_version()),
+            format!(
+                "{api_version:?} is not an API version of {kind}; use {:?}",
+                kind.api_version()
+            ),
         ));
     }
     Ok(kind)
@@ -124,7 +135,11 @@ fn typed_spec(kind: Kind, spec: Value) -> Result<Spec, FieldError> {
 fn typed<T: DeserializeOwned>(value: Value, root: &str) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let inner = e.path().to_string();
-        let path = if inner == "." { root.to_string() } else { format!("{root}.{inner}") };
+        let path = if inner == "." {
+            root.to_string()
+        } else {
+            format!("{root}.{inner}")
+        };
         FieldError::new(path, e.into_inner().to_string())
     })
 }
@@ -133,7 +148,10 @@ fn typed<T: DeserializeOwned>(value: Value, root: &str) -> Result<T, FieldError>
 pub fn to_value(resource: &Resource) -> Value {
     let mut metadata = Map::new();
     metadata.insert("name".into(), Value::String(resource.meta.name.clone()));
-    metadata.insert("namespace".into(), Value::String(resource.meta.namespace.clone()));
+    metadata.insert(
+        "namespace".into(),
+        Value::String(resource.meta.namespace.clone()),
+    );
     if !resource.meta.labels.is_empty() {
         metadata.insert("labels".into(), to_json(&resource.meta.labels));
     }

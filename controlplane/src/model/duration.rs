@@ -19,7 +19,9 @@ const MAX: StdDuration = StdDuration::from_secs(10 * 365 * 24 * 3600);
 
 pub fn parse(s: &str) -> Result<StdDuration, String> {
     if s.is_empty() || s.len() > 64 {
-        return Err(format!("invalid duration {s:?}: expected e.g. \"10s\", \"1.5s\", \"100ms\""));
+        return Err(format!(
+            "invalid duration {s:?}: expected e.g. \"10s\", \"1.5s\", \"100ms\""
+        ));
     }
     if s == "0" {
         return Ok(StdDuration::ZERO);
@@ -36,7 +38,9 @@ pub fn parse(s: &str) -> Result<StdDuration, String> {
             return Err(bad());
         }
         let value: f64 = num.parse().map_err(|_| bad())?;
-        let unit_end = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(tail.len());
         let (unit, next) = tail.split_at(unit_end);
         let scale = match unit {
             "h" => 3600.0,
@@ -59,9 +63,9 @@ pub fn parse(s: &str) -> Result<StdDuration, String> {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
-        } else if self.0.as_nanos() % 1_000_000 == 0 {
+        } else if self.0.as_nanos().is_multiple_of(1_000_000) {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}ns", self.0.as_nanos())
@@ -99,7 +103,18 @@ mod tests {
         for (s, ms) in ok {
             assert_eq!(parse(s).map(|d| d.as_millis()), Ok(ms), "{s}");
         }
-        for bad in ["", "10", "s", "1.s", ".5s", "10d", "-1s", "1e3s", "999999999999h", "1s2"] {
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.s",
+            ".5s",
+            "10d",
+            "-1s",
+            "1e3s",
+            "999999999999h",
+            "1s2",
+        ] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
     }

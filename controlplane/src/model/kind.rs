@@ -99,7 +99,9 @@ impl fmt::Display for Kind {
 
 /// A kind name that is not one of ours.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown kind {0:?}; known kinds: ServiceEntry, WorkloadEntry, WorkloadGroup, DestinationRule, VirtualService, Sidecar, PeerAuthentication, AuthorizationPolicy")]
+#[error(
+    "unknown kind {0:?}; known kinds: ServiceEntry, WorkloadEntry, WorkloadGroup, DestinationRule, VirtualService, Sidecar, PeerAuthentication, AuthorizationPolicy"
+)]
 pub struct UnknownKind(pub String);
 
 impl FromStr for Kind {

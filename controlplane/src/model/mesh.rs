@@ -88,12 +88,19 @@ impl Mesh {
                     let endpoints: Vec<Endpoint> = if let Some(sel) = &se.workload_selector {
                         workload_entries
                             .iter()
-                            .filter(|(m, we)| m.namespace == r.meta.namespace && selects(&sel.labels, &we.labels))
-                            .map(|(m, we)| endpoint(we, format!("WorkloadEntry/{}/{}", m.namespace, m.name)))
+                            .filter(|(m, we)| {
+                                m.namespace == r.meta.namespace && selects(&sel.labels, &we.labels)
+                            })
+                            .map(|(m, we)| {
+                                endpoint(we, format!("WorkloadEntry/{}/{}", m.namespace, m.name))
+                            })
                             .collect()
                     } else {
                         let source = format!("ServiceEntry/{}/{}", r.meta.namespace, r.meta.name);
-                        se.endpoints.iter().map(|we| endpoint(we, source.clone())).collect()
+                        se.endpoints
+                            .iter()
+                            .map(|we| endpoint(we, source.clone()))
+                            .collect()
                     };
                     for host in &se.hosts {
                         let svc = Service {
@@ -108,11 +115,26 @@ impl Mesh {
                         mesh.add_service(svc);
                     }
                 }
-                Spec::DestinationRule(s) => mesh.destination_rules.push(Config { meta, spec: s.clone() }),
-                Spec::VirtualService(s) => mesh.virtual_services.push(Config { meta, spec: s.clone() }),
-                Spec::Sidecar(s) => mesh.sidecars.push(Config { meta, spec: s.clone() }),
-                Spec::PeerAuthentication(s) => mesh.peer_authentications.push(Config { meta, spec: s.clone() }),
-                Spec::AuthorizationPolicy(s) => mesh.authorization_policies.push(Config { meta, spec: s.clone() }),
+                Spec::DestinationRule(s) => mesh.destination_rules.push(Config {
+                    meta,
+                    spec: s.clone(),
+                }),
+                Spec::VirtualService(s) => mesh.virtual_services.push(Config {
+                    meta,
+                    spec: s.clone(),
+                }),
+                Spec::Sidecar(s) => mesh.sidecars.push(Config {
+                    meta,
+                    spec: s.clone(),
+                }),
+                Spec::PeerAuthentication(s) => mesh.peer_authentications.push(Config {
+                    meta,
+                    spec: s.clone(),
+                }),
+                Spec::AuthorizationPolicy(s) => mesh.authorization_policies.push(Config {
+                    meta,
+                    spec: s.clone(),
+                }),
                 Spec::WorkloadEntry(_) | Spec::WorkloadGroup(_) => {}
             }
         }
@@ -138,10 +160,19 @@ impl Mesh {
 
     /// The DestinationRule for `host`: one in `proxy_namespace` wins over one elsewhere, as in
     /// Istio; among equals the oldest name order is stable (sorted by namespace/name).
-    pub fn destination_rule(&self, host: &str, proxy_namespace: &str) -> Option<&Config<DestinationRule>> {
-        let mut matching = self.destination_rules.iter().filter(|d| d.spec.host == host);
+    pub fn destination_rule(
+        &self,
+        host: &str,
+        proxy_namespace: &str,
+    ) -> Option<&Config<DestinationRule>> {
+        let mut matching = self
+            .destination_rules
+            .iter()
+            .filter(|d| d.spec.host == host);
         let first = matching.clone().next();
-        matching.find(|d| d.meta.namespace == proxy_namespace).or(first)
+        matching
+            .find(|d| d.meta.namespace == proxy_namespace)
+            .or(first)
     }
 }
 

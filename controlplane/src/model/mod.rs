@@ -4,14 +4,14 @@
 //! YAML → JSON value → typed spec, so every refusal names the path of the bad field.
 
 pub mod document;
-pub mod mesh;
 mod duration;
-pub mod validate;
-pub mod yaml;
 mod kind;
+pub mod mesh;
 mod meta;
 pub mod networking;
 pub mod security;
+pub mod validate;
+pub mod yaml;
 
 pub use duration::Duration;
 pub use kind::Kind;

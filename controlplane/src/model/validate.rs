@@ -35,10 +35,17 @@ pub fn warnings(r: &Resource) -> Vec<String> {
     let mut out = Vec::new();
     match &r.spec {
         Spec::DestinationRule(dr) => {
-            let policies = dr.traffic_policy.iter().chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+            let policies = dr
+                .traffic_policy
+                .iter()
+                .chain(dr.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
             for p in policies {
-                let lb = p.load_balancer.as_ref().and_then(|lb| lb.locality_lb_setting.as_ref());
-                let fails_over = lb.is_some_and(|l| !l.failover.is_empty() || !l.failover_priority.is_empty());
+                let lb = p
+                    .load_balancer
+                    .as_ref()
+                    .and_then(|lb| lb.locality_lb_setting.as_ref());
+                let fails_over =
+                    lb.is_some_and(|l| !l.failover.is_empty() || !l.failover_priority.is_empty());
                 if fails_over && p.outlier_detection.is_none() {
                     out.push(format!(
                         "DestinationRule {}: locality failover only moves traffic when an endpoint is \
@@ -77,7 +84,8 @@ fn bounded(path: &str, s: &str, max: usize) -> Result {
 fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -86,7 +94,12 @@ pub fn dns_label(path: &str, s: &str) -> Result {
     if is_label(s) {
         Ok(())
     } else {
-        err(path, format!("{s:?} is not a DNS-1123 label (lower-case letters, digits and '-', at most 63)"))
+        err(
+            path,
+            format!(
+                "{s:?} is not a DNS-1123 label (lower-case letters, digits and '-', at most 63)"
+            ),
+        )
     }
 }
 
@@ -105,11 +118,19 @@ fn host(path: &str, s: &str) -> Result {
         || (name.len() <= 253
             && name.split('.').all(|l| is_label(&l.to_ascii_lowercase()))
             && !name.contains(".."));
-    if ok { Ok(()) } else { err(path, format!("{s:?} is not a valid host name")) }
+    if ok {
+        Ok(())
+    } else {
+        err(path, format!("{s:?} is not a valid host name"))
+    }
 }
 
 fn port_number(path: &str, n: u32) -> Result {
-    if (1..=65535).contains(&n) { Ok(()) } else { err(path, format!("port {n} is outside 1..65535")) }
+    if (1..=65535).contains(&n) {
+        Ok(())
+    } else {
+        err(path, format!("port {n} is outside 1..65535"))
+    }
 }
 
 const PROTOCOLS: [&str; 6] = ["HTTP", "HTTP2", "GRPC", "TCP", "TLS", "HTTPS"];
@@ -118,7 +139,10 @@ fn protocol(path: &str, p: &Option<String>) -> Result {
     match p {
         Some(p) if !PROTOCOLS.contains(&p.to_ascii_uppercase().as_str()) => err(
             path,
-            format!("protocol {p:?} is not implemented; use one of {}", PROTOCOLS.join(", ")),
+            format!(
+                "protocol {p:?} is not implemented; use one of {}",
+                PROTOCOLS.join(", ")
+            ),
         ),
         _ => Ok(()),
     }
@@ -127,7 +151,10 @@ fn protocol(path: &str, p: &Option<String>) -> Result {
 fn export_to(path: &str, list: &[String]) -> Result {
     for (i, e) in list.iter().enumerate() {
         if !(e == "*" || e == "." || e == "~" || is_label(e)) {
-            return err(format!("{path}[{i}]"), format!("{e:?} must be \"*\", \".\", \"~\" or a namespace"));
+            return err(
+                format!("{path}[{i}]"),
+                format!("{e:?} must be \"*\", \".\", \"~\" or a namespace"),
+            );
         }
     }
     Ok(())
@@ -150,27 +177,48 @@ fn service_entry(se: &ServiceEntry) -> Result {
         dns_label(&format!("{path}.name"), &p.name)?;
         protocol(&format!("{path}.protocol"), &p.protocol)?;
         if !numbers.insert(p.number) {
-            return err(format!("{path}.number"), format!("port {} is listed twice", p.number));
+            return err(
+                format!("{path}.number"),
+                format!("port {} is listed twice", p.number),
+            );
         }
         if !names.insert(&p.name) {
-            return err(format!("{path}.name"), format!("port name {:?} is listed twice", p.name));
+            return err(
+                format!("{path}.name"),
+                format!("port name {:?} is listed twice", p.name),
+            );
         }
     }
     if !se.endpoints.is_empty() && se.workload_selector.is_some() {
-        return err("spec.workloadSelector", "cannot be set together with spec.endpoints");
+        return err(
+            "spec.workloadSelector",
+            "cannot be set together with spec.endpoints",
+        );
     }
-    if se.resolution == Resolution::Static && se.endpoints.is_empty() && se.workload_selector.is_none() {
-        return err("spec.endpoints", "resolution STATIC needs endpoints or a workloadSelector");
+    if se.resolution == Resolution::Static
+        && se.endpoints.is_empty()
+        && se.workload_selector.is_none()
+    {
+        return err(
+            "spec.endpoints",
+            "resolution STATIC needs endpoints or a workloadSelector",
+        );
     }
     for (i, e) in se.endpoints.iter().enumerate() {
         let path = format!("spec.endpoints[{i}]");
         workload_entry(&path, e)?;
         if se.resolution == Resolution::Static && e.address.parse::<IpAddr>().is_err() {
-            return err(format!("{path}.address"), "resolution STATIC needs an IP address");
+            return err(
+                format!("{path}.address"),
+                "resolution STATIC needs an IP address",
+            );
         }
         for name in e.ports.keys() {
             if !names.contains(name) {
-                return err(format!("{path}.ports.{name}"), "names no port of this ServiceEntry");
+                return err(
+                    format!("{path}.ports.{name}"),
+                    "names no port of this ServiceEntry",
+                );
             }
         }
     }
@@ -201,8 +249,15 @@ fn workload_entry(path: &str, we: &WorkloadEntry) -> Result {
 
 fn locality(path: &str, s: &str) -> Result {
     let parts: Vec<&str> = s.split('/').collect();
-    if parts.len() > 3 || parts.iter().any(|p| p.is_empty() || p.len() > 128 || p.chars().any(|c| c.is_control() || c.is_whitespace())) {
-        return err(path, format!("{s:?} is not a locality: expected region[/zone[/subzone]]"));
+    if parts.len() > 3
+        || parts.iter().any(|p| {
+            p.is_empty() || p.len() > 128 || p.chars().any(|c| c.is_control() || c.is_whitespace())
+        })
+    {
+        return err(
+            path,
+            format!("{s:?} is not a locality: expected region[/zone[/subzone]]"),
+        );
     }
     Ok(())
 }
@@ -217,7 +272,10 @@ fn destination_rule(dr: &DestinationRule) -> Result {
         let path = format!("spec.subsets[{i}]");
         dns_label(&format!("{path}.name"), &s.name)?;
         if !names.insert(&s.name) {
-            return err(format!("{path}.name"), format!("subset {:?} is defined twice", s.name));
+            return err(
+                format!("{path}.name"),
+                format!("subset {:?} is defined twice", s.name),
+            );
         }
         if let Some(tp) = &s.traffic_policy {
             traffic_policy(&format!("{path}.trafficPolicy"), tp)?;
@@ -227,16 +285,26 @@ fn destination_rule(dr: &DestinationRule) -> Result {
 }
 
 fn traffic_policy(path: &str, tp: &TrafficPolicy) -> Result {
-    if let Some(l) = tp.load_balancer.as_ref().and_then(|lb| lb.locality_lb_setting.as_ref()) {
+    if let Some(l) = tp
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+    {
         locality_lb(&format!("{path}.loadBalancer.localityLbSetting"), l)?;
     }
     if let Some(od) = &tp.outlier_detection {
         let path = format!("{path}.outlierDetection");
         if od.max_ejection_percent.is_some_and(|p| p > 100) {
-            return err(format!("{path}.maxEjectionPercent"), "must be between 0 and 100");
+            return err(
+                format!("{path}.maxEjectionPercent"),
+                "must be between 0 and 100",
+            );
         }
         if od.min_health_percent.is_some_and(|p| p > 100) {
-            return err(format!("{path}.minHealthPercent"), "must be between 0 and 100");
+            return err(
+                format!("{path}.minHealthPercent"),
+                "must be between 0 and 100",
+            );
         }
         if od.interval.is_some_and(|d| d.as_std().is_zero()) {
             return err(format!("{path}.interval"), "must be greater than zero");
@@ -246,14 +314,24 @@ fn traffic_policy(path: &str, tp: &TrafficPolicy) -> Result {
 }
 
 fn locality_lb(path: &str, l: &LocalityLbSetting) -> Result {
-    let set = [!l.distribute.is_empty(), !l.failover.is_empty(), !l.failover_priority.is_empty()];
+    let set = [
+        !l.distribute.is_empty(),
+        !l.failover.is_empty(),
+        !l.failover_priority.is_empty(),
+    ];
     if set.iter().filter(|b| **b).count() > 1 {
-        return err(path, "distribute, failover and failoverPriority exclude each other; set one");
+        return err(
+            path,
+            "distribute, failover and failoverPriority exclude each other; set one",
+        );
     }
     for (i, d) in l.distribute.iter().enumerate() {
         let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
         if total != 100 {
-            return err(format!("{path}.distribute[{i}].to"), format!("weights must sum to 100, not {total}"));
+            return err(
+                format!("{path}.distribute[{i}].to"),
+                format!("weights must sum to 100, not {total}"),
+            );
         }
     }
     for (i, f) in l.failover.iter().enumerate() {
@@ -284,7 +362,10 @@ fn virtual_service(vs: &VirtualService) -> Result {
     }
     for (i, g) in vs.gateways.iter().enumerate() {
         if g != "mesh" {
-            return err(format!("spec.gateways[{i}]"), "only \"mesh\" is implemented (ingress gateways are not)");
+            return err(
+                format!("spec.gateways[{i}]"),
+                "only \"mesh\" is implemented (ingress gateways are not)",
+            );
         }
     }
     for (i, r) in vs.http.iter().enumerate() {
@@ -313,8 +394,15 @@ fn http_route(path: &str, r: &HttpRoute) -> Result {
             string_match(&format!("{p}.method"), u)?;
         }
         for (name, h) in &m.headers {
-            if name.is_empty() || name.bytes().any(|b| !(b.is_ascii_graphic()) || b.is_ascii_uppercase()) {
-                return err(format!("{p}.headers"), format!("{name:?} is not a lower-case header name"));
+            if name.is_empty()
+                || name
+                    .bytes()
+                    .any(|b| !(b.is_ascii_graphic()) || b.is_ascii_uppercase())
+            {
+                return err(
+                    format!("{p}.headers"),
+                    format!("{name:?} is not a lower-case header name"),
+                );
             }
             string_match(&format!("{p}.headers.{name}"), h)?;
         }
@@ -324,20 +412,27 @@ fn http_route(path: &str, r: &HttpRoute) -> Result {
     }
     let dests: Vec<_> = r.route.iter().map(|d| (&d.destination, d.weight)).collect();
     destinations(&format!("{path}.route"), &dests)?;
-    if let Some(retry) = &r.retries {
-        if retry.attempts > 100 {
-            return err(format!("{path}.retries.attempts"), "at most 100");
-        }
+    if r.retries.as_ref().is_some_and(|retry| retry.attempts > 100) {
+        return err(format!("{path}.retries.attempts"), "at most 100");
     }
     if let Some(f) = &r.fault {
         let pct = |p: &Option<Percent>| p.map_or(100.0, |p| p.value);
         if let Some(d) = &f.delay {
-            percentage(&format!("{path}.fault.delay.percentage.value"), pct(&d.percentage))?;
+            percentage(
+                &format!("{path}.fault.delay.percentage.value"),
+                pct(&d.percentage),
+            )?;
         }
         if let Some(a) = &f.abort {
-            percentage(&format!("{path}.fault.abort.percentage.value"), pct(&a.percentage))?;
+            percentage(
+                &format!("{path}.fault.abort.percentage.value"),
+                pct(&a.percentage),
+            )?;
             if !(200..=599).contains(&a.http_status) {
-                return err(format!("{path}.fault.abort.httpStatus"), "must be between 200 and 599");
+                return err(
+                    format!("{path}.fault.abort.httpStatus"),
+                    "must be between 200 and 599",
+                );
             }
         }
     }
@@ -345,11 +440,18 @@ fn http_route(path: &str, r: &HttpRoute) -> Result {
 }
 
 fn percentage(path: &str, v: f64) -> Result {
-    if (0.0..=100.0).contains(&v) { Ok(()) } else { err(path, "must be between 0 and 100") }
+    if (0.0..=100.0).contains(&v) {
+        Ok(())
+    } else {
+        err(path, "must be between 0 and 100")
+    }
 }
 
 fn string_match(path: &str, m: &StringMatch) -> Result {
-    let set = [&m.exact, &m.prefix, &m.regex].into_iter().filter(|v| v.is_some()).count();
+    let set = [&m.exact, &m.prefix, &m.regex]
+        .into_iter()
+        .filter(|v| v.is_some())
+        .count();
     if set != 1 {
         return err(path, "set exactly one of exact, prefix, regex");
     }
@@ -371,7 +473,10 @@ fn destinations(path: &str, dests: &[(&Destination, Option<u32>)]) -> Result {
     for (i, (d, _)) in dests.iter().enumerate() {
         host(&format!("{path}[{i}].destination.host"), &d.host)?;
         if d.host.contains('*') {
-            return err(format!("{path}[{i}].destination.host"), "a destination cannot be a wildcard");
+            return err(
+                format!("{path}[{i}].destination.host"),
+                "a destination cannot be a wildcard",
+            );
         }
         if let Some(s) = &d.subset {
             dns_label(&format!("{path}[{i}].destination.subset"), s)?;
@@ -396,30 +501,46 @@ fn sidecar(s: &Sidecar) -> Result {
             port_number(&format!("{path}.port.number"), p.number)?;
             protocol(&format!("{path}.port.protocol"), &p.protocol)?;
         }
-        if let Some(b) = &e.bind {
-            if b.parse::<IpAddr>().is_err() {
-                return err(format!("{path}.bind"), format!("{b:?} is not an IP address"));
-            }
+        if let Some(b) = e.bind.as_ref().filter(|b| b.parse::<IpAddr>().is_err()) {
+            return err(
+                format!("{path}.bind"),
+                format!("{b:?} is not an IP address"),
+            );
         }
         if e.capture_mode == CaptureMode::None && e.port.is_none() {
-            return err(format!("{path}.port"), "captureMode NONE needs a port to listen on");
+            return err(
+                format!("{path}.port"),
+                "captureMode NONE needs a port to listen on",
+            );
         }
         if e.hosts.is_empty() {
-            return err(format!("{path}.hosts"), "at least one namespace/host is required");
+            return err(
+                format!("{path}.hosts"),
+                "at least one namespace/host is required",
+            );
         }
         for (j, h) in e.hosts.iter().enumerate() {
             let p = format!("{path}.hosts[{j}]");
             let Some((ns, name)) = h.split_once('/') else {
-                return err(p, format!("{h:?} must be namespace/host, e.g. \"./*\" or \"istio-system/*\""));
+                return err(
+                    p,
+                    format!("{h:?} must be namespace/host, e.g. \"./*\" or \"istio-system/*\""),
+                );
             };
             if !(ns == "*" || ns == "." || ns == "~" || is_label(ns)) {
-                return err(p, format!("{ns:?} is not a namespace, \"*\", \".\" or \"~\""));
+                return err(
+                    p,
+                    format!("{ns:?} is not a namespace, \"*\", \".\" or \"~\""),
+                );
             }
             host(&p, name)?;
         }
     }
     if s.egress.is_empty() && s.outbound_traffic_policy.is_none() {
-        return err("spec", "a Sidecar needs egress listeners or an outboundTrafficPolicy");
+        return err(
+            "spec",
+            "a Sidecar needs egress listeners or an outboundTrafficPolicy",
+        );
     }
     Ok(())
 }
@@ -438,20 +559,52 @@ fn authorization_policy(ap: &AuthorizationPolicy) -> Result {
     for (i, rule) in ap.rules.iter().enumerate() {
         for (j, to) in rule.to.iter().enumerate() {
             let path = format!("spec.rules[{i}].to[{j}].operation");
-            for (k, p) in to.operation.ports.iter().chain(&to.operation.not_ports).enumerate() {
-                let n: u32 = p.parse().map_err(|_| FieldError::new(format!("{path}.ports[{k}]"), format!("{p:?} is not a port number")))?;
+            for (k, p) in to
+                .operation
+                .ports
+                .iter()
+                .chain(&to.operation.not_ports)
+                .enumerate()
+            {
+                let n: u32 = p.parse().map_err(|_| {
+                    FieldError::new(
+                        format!("{path}.ports[{k}]"),
+                        format!("{p:?} is not a port number"),
+                    )
+                })?;
                 port_number(&format!("{path}.ports[{k}]"), n)?;
             }
-            for (k, p) in to.operation.paths.iter().chain(&to.operation.not_paths).enumerate() {
+            for (k, p) in to
+                .operation
+                .paths
+                .iter()
+                .chain(&to.operation.not_paths)
+                .enumerate()
+            {
                 bounded(&format!("{path}.paths[{k}]"), p, 4096)?;
-                if p.matches('*').count() > 1 || (p.contains('*') && !(p.starts_with('*') || p.ends_with('*'))) {
-                    return err(format!("{path}.paths[{k}]"), "only a leading or trailing '*' is supported");
+                if p.matches('*').count() > 1
+                    || (p.contains('*') && !(p.starts_with('*') || p.ends_with('*')))
+                {
+                    return err(
+                        format!("{path}.paths[{k}]"),
+                        "only a leading or trailing '*' is supported",
+                    );
                 }
             }
         }
         for (j, from) in rule.from.iter().enumerate() {
-            for (k, p) in from.source.principals.iter().chain(&from.source.not_principals).enumerate() {
-                bounded(&format!("spec.rules[{i}].from[{j}].source.principals[{k}]"), p, 2048)?;
+            for (k, p) in from
+                .source
+                .principals
+                .iter()
+                .chain(&from.source.not_principals)
+                .enumerate()
+            {
+                bounded(
+                    &format!("spec.rules[{i}].from[{j}].source.principals[{k}]"),
+                    p,
+                    2048,
+                )?;
             }
         }
     }

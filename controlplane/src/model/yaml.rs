@@ -64,8 +64,11 @@ pub fn resources(input: &str, default_namespace: &str) -> Result<Vec<Resource>, 
         .enumerate()
         .map(|(index, doc)| {
             let name = describe(&doc);
-            document::from_value(doc, default_namespace)
-                .map_err(|error| InputError::Document { index, name, error })
+            document::from_value(doc, default_namespace).map_err(|error| InputError::Document {
+                index,
+                name,
+                error,
+            })
         })
         .collect()
 }
