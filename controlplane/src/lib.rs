@@ -1,5 +1,8 @@
-//! Strait control plane.
+//! Strait's control plane: the mesh model, the config store, xDS generation and serving, and
+//! the HTTP API that `straitctl` speaks. `app` wires them; the binaries are thin.
 
+pub mod api;
+pub mod app;
 pub mod cli;
 pub mod model;
 pub mod store;

@@ -1,1 +1,94 @@
-fn main() {}
+//! straitd: Strait's control plane. Without a kubeconfig it runs in universal mode: config and
+//! registrations live in its embedded store and `straitctl apply` writes them.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use strait_controlplane::app::{App, Config, HTTP_PORT, XDS_PLAINTEXT_PORT};
+use strait_controlplane::xds::push::Debounce;
+
+/// Strait control plane (universal mode).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// This cluster's id (Istio's `topology.istio.io/cluster`).
+    #[arg(long, env = "STRAIT_CLUSTER", default_value = "cluster1")]
+    cluster: String,
+    /// The network this control plane's workloads are on (`topology.istio.io/network`);
+    /// endpoints that name no network are on it.
+    #[arg(long, env = "STRAIT_NETWORK", default_value = "")]
+    network: String,
+    /// Directory of the embedded config store. Without it config is kept in memory only.
+    #[arg(long, env = "STRAIT_STORE")]
+    store: Option<PathBuf>,
+    /// Address to bind every port on; several control planes can share a machine on different
+    /// loopback addresses.
+    #[arg(long, env = "STRAIT_BIND", default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Plaintext xDS port (Istio's 15010; loopback and tests only).
+    #[arg(long, default_value_t = XDS_PLAINTEXT_PORT)]
+    xds_port: u16,
+    /// HTTP port: config API, /metrics and /debug (Istio's 15014).
+    #[arg(long, default_value_t = HTTP_PORT)]
+    http_port: u16,
+    /// Quiet time that ends a burst of changes before a push, in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    debounce_ms: u64,
+    /// Longest a push may be delayed by a continuing burst, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    debounce_max_ms: u64,
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+    let config = Config {
+        cluster_id: args.cluster,
+        network: args.network,
+        store_dir: args.store,
+        bind: args.bind,
+        xds_port: args.xds_port,
+        http_port: args.http_port,
+        debounce: Debounce {
+            quiet: Duration::from_millis(args.debounce_ms),
+            max: Duration::from_millis(args.debounce_max_ms.max(args.debounce_ms)),
+        },
+    };
+    let app = App::start(config).await.context("starting straitd")?;
+    tokio::select! {
+        _ = app.wait() => anyhow::bail!("a serving task stopped"),
+        _ = shutdown_signal() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,144 @@
+//! All of straitd's start-up in one place: open the store, build the first snapshot, start the
+//! push loop, bind the ports. Returns the bound addresses so tests can bind port 0.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry as MetricsRegistry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api;
+use crate::store::{ConfigStore, MemoryStore, SledStore};
+use crate::xds::connection::Shared;
+use crate::xds::metrics::Metrics;
+use crate::xds::push::{self, Debounce};
+use crate::xds::server::AdsServer;
+use crate::xds::status::Registry;
+
+/// Istio's port numbers (see REFERENCE.md).
+pub const XDS_PLAINTEXT_PORT: u16 = 15010;
+pub const HTTP_PORT: u16 = 15014;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster_id: String,
+    pub network: String,
+    /// Where universal mode keeps config; `None` keeps it in memory only.
+    pub store_dir: Option<PathBuf>,
+    pub bind: IpAddr,
+    pub xds_port: u16,
+    pub http_port: u16,
+    pub debounce: Debounce,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cluster_id: "cluster1".into(),
+            network: String::new(),
+            store_dir: None,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            xds_port: XDS_PLAINTEXT_PORT,
+            http_port: HTTP_PORT,
+            debounce: Debounce {
+                quiet: Duration::from_millis(20),
+                max: Duration::from_millis(200),
+            },
+        }
+    }
+}
+
+/// Where a running control plane listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub xds: SocketAddr,
+    pub http: SocketAddr,
+}
+
+/// A started control plane: its addresses and the tasks serving them.
+#[derive(Debug)]
+pub struct App {
+    pub bound: Bound,
+    tasks: JoinSet<()>,
+}
+
+impl App {
+    pub async fn start(config: Config) -> anyhow::Result<App> {
+        let store: Arc<dyn ConfigStore> = match &config.store_dir {
+            Some(dir) => Arc::new(
+                SledStore::open(dir)
+                    .with_context(|| format!("opening the store in {}", dir.display()))?,
+            ),
+            None => {
+                tracing::warn!("no --store given: config lives in memory and is lost on exit");
+                Arc::new(MemoryStore::new())
+            }
+        };
+        let first = push::build(store.as_ref(), &config.network).context("reading the store")?;
+        tracing::info!(
+            revision = first.version,
+            services = first.mesh.services.len(),
+            "store opened"
+        );
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(first));
+
+        let mut registry = MetricsRegistry::default();
+        let metrics = Metrics::new(&mut registry);
+        let status = Registry::default();
+        let shared = Arc::new(Shared::new(snap_rx.clone(), status.clone(), metrics));
+
+        let xds_listener = bind(config.bind, config.xds_port, "xDS").await?;
+        let http_listener = bind(config.bind, config.http_port, "HTTP").await?;
+        let bound = Bound {
+            xds: xds_listener.local_addr()?,
+            http: http_listener.local_addr()?,
+        };
+
+        let mut tasks = JoinSet::new();
+        tasks.spawn(push::run(
+            store.clone(),
+            config.network.clone(),
+            snap_tx,
+            config.debounce,
+        ));
+        let ads = AdsServer::new(shared).into_service();
+        tasks.spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .add_service(ads)
+                .serve_with_incoming(TcpListenerStream::new(xds_listener))
+                .await;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "xDS server stopped");
+            }
+        });
+        let state = Arc::new(api::State {
+            store,
+            status,
+            snapshots: snap_rx,
+            metrics: Arc::new(Mutex::new(registry)),
+            cluster_id: config.cluster_id.clone(),
+        });
+        tasks.spawn(api::serve(http_listener, state));
+        tracing::info!(cluster = config.cluster_id, network = config.network, xds = %bound.xds, http = %bound.http, "straitd serving");
+        Ok(App { bound, tasks })
+    }
+
+    /// Runs until a serving task ends (which only happens on a fatal error).
+    pub async fn wait(mut self) {
+        self.tasks.join_next().await;
+    }
+}
+
+async fn bind(ip: IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::new(ip, port);
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} port on {addr}"))
+}

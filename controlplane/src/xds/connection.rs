@@ -1,0 +1,152 @@
+//! What both ADS flavours share: the proxy on the stream, its snapshot, nonces, and the status
+//! and metrics bookkeeping for sends, ACKs and NACKs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
+
+use super::metrics::{Metrics, PushLabel, TypeLabel, short_type};
+use super::proxy::Proxy;
+use super::snapshot::Snapshot;
+use super::status::{ProxyStatus, Registry, now_unix};
+
+/// What every stream needs from the server.
+#[derive(Debug)]
+pub struct Shared {
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub status: Registry,
+    pub metrics: Metrics,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        snapshots: watch::Receiver<Arc<Snapshot>>,
+        status: Registry,
+        metrics: Metrics,
+    ) -> Shared {
+        Shared {
+            snapshots,
+            status,
+            metrics,
+            next_conn: AtomicU64::new(1),
+        }
+    }
+}
+
+/// One connected proxy.
+#[derive(Debug)]
+pub struct Conn {
+    pub id: u64,
+    pub proxy: Proxy,
+    pub snapshot: Arc<Snapshot>,
+    pub shared: Arc<Shared>,
+    protocol: &'static str,
+    nonces: u64,
+}
+
+impl Conn {
+    pub fn open(shared: Arc<Shared>, proxy: Proxy, protocol: &'static str) -> Conn {
+        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+        let snapshot = shared.snapshots.borrow().clone();
+        shared.status.connect(
+            id,
+            ProxyStatus {
+                node_id: proxy.id.clone(),
+                cluster_id: proxy.cluster_id.clone(),
+                namespace: proxy.namespace.clone(),
+                network: proxy.network.clone(),
+                locality: proxy.locality.to_string(),
+                protocol,
+                connected_at_unix: now_unix(),
+                types: Default::default(),
+                proxy: Some(Arc::new(proxy.clone())),
+            },
+        );
+        shared.metrics.connected.inc();
+        tracing::info!(conn = id, node = %proxy.id, protocol, "xDS stream connected");
+        Conn {
+            id,
+            proxy,
+            snapshot,
+            shared,
+            protocol,
+            nonces: 0,
+        }
+    }
+
+    pub fn next_nonce(&mut self) -> String {
+        self.nonces += 1;
+        format!("{}-{}", self.id, self.nonces)
+    }
+
+    pub fn record_send(
+        &self,
+        type_url: &str,
+        version: &str,
+        nonce: &str,
+        resources: usize,
+        bytes: usize,
+    ) {
+        let snapshot = self.snapshot.version;
+        self.shared.status.update(self.id, type_url, |s| {
+            s.sent_snapshot = snapshot;
+            s.sent_version = version.to_string();
+            s.sent_nonce = nonce.to_string();
+            s.resources = resources;
+        });
+        let kind = short_type(type_url);
+        self.shared
+            .metrics
+            .pushes
+            .get_or_create(&TypeLabel { r#type: kind })
+            .inc();
+        self.shared
+            .metrics
+            .pushed_bytes
+            .get_or_create(&PushLabel {
+                r#type: kind,
+                protocol: self.protocol,
+            })
+            .inc_by(bytes as u64);
+        tracing::debug!(
+            conn = self.id,
+            r#type = kind,
+            version,
+            nonce,
+            resources,
+            bytes,
+            "xDS push"
+        );
+    }
+
+    pub fn record_ack(&self, type_url: &str, snapshot: u64, version: &str) {
+        self.shared.status.update(self.id, type_url, |s| {
+            s.acked_snapshot = snapshot;
+            s.acked_version = version.to_string();
+            s.nack = None;
+        });
+    }
+
+    pub fn record_nack(&self, type_url: &str, message: &str) {
+        let kind = short_type(type_url);
+        tracing::warn!(conn = self.id, node = %self.proxy.id, r#type = kind, error = message, "proxy rejected config (NACK)");
+        self.shared
+            .metrics
+            .rejects
+            .get_or_create(&TypeLabel { r#type: kind })
+            .inc();
+        self.shared
+            .status
+            .update(self.id, type_url, |s| s.nack = Some(message.to_string()));
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shared.status.disconnect(self.id);
+        self.shared.metrics.connected.dec();
+        tracing::info!(conn = self.id, node = %self.proxy.id, "xDS stream closed");
+    }
+}
