@@ -122,7 +122,9 @@ fn istio_docs_yaml_applies() {
     );
     assert_eq!(resources[0].meta.namespace, "default");
     assert_eq!(resources[1].meta.namespace, "bookinfo");
-    let Spec::VirtualService(vs) = &resources[3].spec else { panic!() };
+    let Spec::VirtualService(vs) = &resources[3].spec else {
+        panic!()
+    };
     assert_eq!(vs.http[1].route[0].weight, Some(75));
 }
 
