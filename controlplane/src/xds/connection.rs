@@ -4,12 +4,94 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::watch;
+use futures::{Stream, StreamExt};
+use strait_proto::xds::envoy::config::core::v3::Node;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
 
+use super::Error;
 use super::metrics::{Metrics, PushLabel, TypeLabel, short_type};
 use super::proxy::Proxy;
 use super::snapshot::Snapshot;
 use super::status::{ProxyStatus, Registry, now_unix};
+
+/// The proxy went away: stop serving its stream.
+#[derive(Debug)]
+pub struct Closed;
+
+pub type Tx<R> = mpsc::Sender<Result<R, Status>>;
+
+/// One ADS flavour (state-of-the-world or delta): how it answers a request and how it pushes a
+/// new snapshot. [`serve`] runs the stream around it.
+pub trait Flavour: Default + Send {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    const NAME: &'static str;
+    fn node(req: &Self::Request) -> Option<&Node>;
+    fn handle(
+        &mut self,
+        conn: &mut Conn,
+        req: Self::Request,
+        tx: &Tx<Self::Response>,
+    ) -> impl Future<Output = Result<(), Closed>> + Send;
+    fn push(
+        &mut self,
+        conn: &mut Conn,
+        tx: &Tx<Self::Response>,
+    ) -> impl Future<Output = Result<(), Closed>> + Send;
+}
+
+/// Serves one ADS stream: the first request must name a valid node; then requests and new
+/// snapshots are handled in arrival order until either side goes away.
+pub async fn serve<F: Flavour>(
+    shared: Arc<Shared>,
+    mut requests: impl Stream<Item = Result<F::Request, Status>> + Unpin,
+    tx: Tx<F::Response>,
+) {
+    let Some(Ok(first)) = requests.next().await else {
+        return;
+    };
+    let proxy = match F::node(&first)
+        .ok_or(Error::MissingNode)
+        .and_then(Proxy::from_node)
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+            return;
+        }
+    };
+    let mut snapshots = shared.snapshots.clone();
+    let mut conn = Conn::open(shared, proxy, F::NAME);
+    let mut flavour = F::default();
+    let mut next = Some(first);
+    loop {
+        if let Some(req) = next.take()
+            && flavour.handle(&mut conn, req, &tx).await.is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            req = requests.next() => match req {
+                Some(Ok(r)) => next = Some(r),
+                Some(Err(e)) => {
+                    tracing::debug!(conn = conn.id, error = %e, "xDS stream error");
+                    return;
+                }
+                None => return,
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                conn.snapshot = snapshots.borrow_and_update().clone();
+                if flavour.push(&mut conn, &tx).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
 
 /// What every stream needs from the server.
 #[derive(Debug)]

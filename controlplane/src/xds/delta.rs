@@ -1,21 +1,50 @@
 //! Incremental (delta) ADS: only what changed is sent, and removals are named.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use strait_proto::xds::envoy::config::core::v3::Node;
 use strait_proto::xds::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
-use tokio::sync::mpsc;
-use tonic::Status;
 
-use super::Error;
-use super::connection::{Conn, Shared};
-use super::proxy::Proxy;
+use super::connection::{self, Closed, Conn, Flavour};
 use super::snapshot::{PUSH_ORDER, is_named_type};
 
-type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+type Tx = connection::Tx<DeltaDiscoveryResponse>;
+
+/// Delta subscriptions of one stream, by type URL.
+#[derive(Debug, Default)]
+pub struct Delta {
+    subs: HashMap<String, Sub>,
+}
+
+impl Flavour for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    async fn handle(
+        &mut self,
+        conn: &mut Conn,
+        req: DeltaDiscoveryRequest,
+        tx: &Tx,
+    ) -> Result<(), Closed> {
+        handle(conn, &mut self.subs, req, tx).await
+    }
+
+    async fn push(&mut self, conn: &mut Conn, tx: &Tx) -> Result<(), Closed> {
+        for type_url in PUSH_ORDER {
+            if let Some(sub) = self.subs.get_mut(type_url) {
+                send_diff(conn, type_url, sub, false, tx).await?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Per-type subscription state.
 #[derive(Debug, Default)]
@@ -26,64 +55,6 @@ struct Sub {
     known: HashMap<String, String>,
     nonce: String,
     sent_snapshot: u64,
-}
-
-struct Closed;
-
-pub async fn serve(
-    shared: Arc<Shared>,
-    mut requests: impl Stream<Item = Result<DeltaDiscoveryRequest, Status>> + Unpin,
-    tx: Tx,
-) {
-    let Some(Ok(first)) = requests.next().await else {
-        return;
-    };
-    let proxy = match first
-        .node
-        .as_ref()
-        .ok_or(Error::MissingNode)
-        .and_then(Proxy::from_node)
-    {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
-            return;
-        }
-    };
-    let mut snapshots = shared.snapshots.clone();
-    let mut conn = Conn::open(shared, proxy, "delta");
-    let mut subs: HashMap<String, Sub> = HashMap::new();
-    let mut next = Some(first);
-    loop {
-        if let Some(req) = next.take()
-            && handle(&mut conn, &mut subs, req, &tx).await.is_err()
-        {
-            return;
-        }
-        tokio::select! {
-            req = requests.next() => match req {
-                Some(Ok(r)) => next = Some(r),
-                Some(Err(e)) => {
-                    tracing::debug!(conn = conn.id, error = %e, "xDS stream error");
-                    return;
-                }
-                None => return,
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                conn.snapshot = snapshots.borrow_and_update().clone();
-                for type_url in PUSH_ORDER {
-                    if let Some(sub) = subs.get_mut(type_url)
-                        && send_diff(&mut conn, type_url, sub, false, &tx).await.is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        }
-    }
 }
 
 async fn handle(

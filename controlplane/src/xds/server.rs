@@ -14,8 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::connection::Shared;
-use super::{delta, sotw};
+use super::connection::{self, Shared};
+use super::delta::Delta;
+use super::sotw::Sotw;
 
 /// Responses a slow proxy may have queued before its stream applies back-pressure.
 const QUEUE: usize = 16;
@@ -47,7 +48,11 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(sotw::serve(self.shared.clone(), request.into_inner(), tx));
+        tokio::spawn(connection::serve::<Sotw>(
+            self.shared.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -56,7 +61,11 @@ impl AggregatedDiscoveryService for AdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(delta::serve(self.shared.clone(), request.into_inner(), tx));
+        tokio::spawn(connection::serve::<Delta>(
+            self.shared.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -1,19 +1,43 @@
 //! State-of-the-world ADS: every response carries the whole set of a type.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use strait_proto::xds::envoy::config::core::v3::Node;
 use strait_proto::xds::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use tokio::sync::mpsc;
-use tonic::Status;
 
-use super::Error;
-use super::connection::{Conn, Shared};
-use super::proxy::Proxy;
+use super::connection::{self, Closed, Conn, Flavour};
 use super::snapshot::{self, PUSH_ORDER, is_named_type};
 
-type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+type Tx = connection::Tx<DiscoveryResponse>;
+
+/// State-of-the-world subscriptions of one stream, by type URL.
+#[derive(Debug, Default)]
+pub struct Sotw {
+    subs: HashMap<String, Sub>,
+}
+
+impl Flavour for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
+
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    async fn handle(
+        &mut self,
+        conn: &mut Conn,
+        req: DiscoveryRequest,
+        tx: &Tx,
+    ) -> Result<(), Closed> {
+        handle(conn, &mut self.subs, req, tx).await
+    }
+
+    async fn push(&mut self, conn: &mut Conn, tx: &Tx) -> Result<(), Closed> {
+        push_all(conn, &mut self.subs, tx).await
+    }
+}
 
 /// Per-type subscription state.
 #[derive(Debug, Default)]
@@ -23,60 +47,6 @@ struct Sub {
     version: String,
     sent_snapshot: u64,
 }
-
-pub async fn serve(
-    shared: Arc<Shared>,
-    mut requests: impl Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
-    tx: Tx,
-) {
-    let Some(Ok(first)) = requests.next().await else {
-        return;
-    };
-    let proxy = match first
-        .node
-        .as_ref()
-        .ok_or(Error::MissingNode)
-        .and_then(Proxy::from_node)
-    {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
-            return;
-        }
-    };
-    let mut snapshots = shared.snapshots.clone();
-    let mut conn = Conn::open(shared, proxy, "sotw");
-    let mut subs: HashMap<String, Sub> = HashMap::new();
-    let mut next = Some(first);
-    loop {
-        if let Some(req) = next.take()
-            && handle(&mut conn, &mut subs, req, &tx).await.is_err()
-        {
-            return;
-        }
-        tokio::select! {
-            req = requests.next() => match req {
-                Some(Ok(r)) => next = Some(r),
-                Some(Err(e)) => {
-                    tracing::debug!(conn = conn.id, error = %e, "xDS stream error");
-                    return;
-                }
-                None => return,
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                conn.snapshot = snapshots.borrow_and_update().clone();
-                if push_all(&mut conn, &mut subs, &tx).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-struct Closed;
 
 async fn handle(
     conn: &mut Conn,
