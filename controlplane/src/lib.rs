@@ -2,6 +2,7 @@
 //! the HTTP API that `straitctl` speaks. `app` wires them; the binaries are thin.
 
 pub mod api;
+pub mod ca;
 pub mod app;
 pub mod cli;
 pub mod model;

@@ -1,0 +1,8 @@
+//! The CA: Istio's `IstioCertificateService/CreateCertificate`, signing only the caller's own
+//! identity, after a chain of authenticators has said who the caller is.
+//!
+//! - [`signer`]: the signing key and chain (plug-in `cacerts` files or a persisted self-signed
+//!   root), and issuing a leaf from a validated CSR;
+//! - [`csr`]: everything a CSR must satisfy before it is signed;
+//! - [`files`]: making a mesh root and cluster intermediates (`straitctl ca root|intermediate`);
+//! - [`token`]: Strait bootstrap tokens (ES256 JWTs the control plane signs) — issue and verify.
