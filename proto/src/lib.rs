@@ -3,12 +3,14 @@
 //! - [`xds`]: Envoy's v3 API, re-exported from `envoy-types`, plus the type URLs we serve.
 //! - [`ca`]: Istio's `IstioCertificateService`, field for field.
 //! - [`federation`]: Strait's control-plane to control-plane service.
-//! - The names every part agrees on: [`identity`], [`sni`], [`locality`], [`node`].
+//! - The names every part agrees on: [`identity`] (and [`peer`]: reading one off a certificate),
+//!   [`sni`], [`locality`], [`node`].
 #![deny(missing_debug_implementations)]
 
 pub mod identity;
 pub mod locality;
 pub mod node;
+pub mod peer;
 pub mod sni;
 pub mod xds;
 
