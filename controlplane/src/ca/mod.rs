@@ -6,3 +6,10 @@
 //! - [`csr`]: everything a CSR must satisfy before it is signed;
 //! - [`files`]: making a mesh root and cluster intermediates (`straitctl ca root|intermediate`);
 //! - [`token`]: Strait bootstrap tokens (ES256 JWTs the control plane signs) — issue and verify.
+
+pub mod authn;
+pub mod csr;
+pub mod files;
+pub mod server;
+pub mod signer;
+pub mod token;
