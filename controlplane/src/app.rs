@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api;
+use crate::identity::{self, Identity};
 use crate::store::{ConfigStore, MemoryStore, SledStore};
 use crate::xds::connection::Shared;
 use crate::xds::metrics::Metrics;
@@ -24,6 +25,7 @@ use crate::xds::status::Registry;
 /// Istio's port numbers (see REFERENCE.md).
 pub const XDS_PLAINTEXT_PORT: u16 = 15010;
 pub const HTTP_PORT: u16 = 15014;
+pub const TLS_PORT: u16 = 15012;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -34,7 +36,13 @@ pub struct Config {
     pub bind: IpAddr,
     pub xds_port: u16,
     pub http_port: u16,
+    /// xDS and the CA over TLS (Istio's 15012).
+    pub tls_port: u16,
     pub debounce: Debounce,
+    /// SPIFFE trust domain of this mesh.
+    pub trust_domain: String,
+    /// The CA's directory (plug-in `cacerts` files or a persisted root); default `<store>/ca`.
+    pub ca_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -46,6 +54,9 @@ impl Default for Config {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             xds_port: XDS_PLAINTEXT_PORT,
             http_port: HTTP_PORT,
+            tls_port: TLS_PORT,
+            trust_domain: strait_proto::identity::DEFAULT_TRUST_DOMAIN.into(),
+            ca_dir: None,
             debounce: Debounce {
                 quiet: Duration::from_millis(20),
                 max: Duration::from_millis(200),
@@ -59,6 +70,7 @@ impl Default for Config {
 pub struct Bound {
     pub xds: SocketAddr,
     pub http: SocketAddr,
+    pub tls: SocketAddr,
 }
 
 /// A started control plane: its addresses and the tasks serving them.
@@ -93,11 +105,20 @@ impl App {
         let status = Registry::default();
         let shared = Arc::new(Shared::new(snap_rx.clone(), status.clone(), metrics));
 
+        let ca_dir = identity::ca_dir(config.ca_dir.as_deref(), config.store_dir.as_deref())?;
+        let identity = Arc::new(Identity::load_or_create(
+            &ca_dir,
+            &config.trust_domain,
+            &config.cluster_id,
+        )?);
+
         let xds_listener = bind(config.bind, config.xds_port, "xDS").await?;
         let http_listener = bind(config.bind, config.http_port, "HTTP").await?;
+        let tls_listener = bind(config.bind, config.tls_port, "TLS (xDS and CA)").await?;
         let bound = Bound {
             xds: xds_listener.local_addr()?,
             http: http_listener.local_addr()?,
+            tls: tls_listener.local_addr()?,
         };
 
         let mut tasks = JoinSet::new();
@@ -107,6 +128,16 @@ impl App {
             snap_tx,
             config.debounce,
         ));
+        let (tls_identity, tls_shared, cluster) =
+            (identity.clone(), shared.clone(), config.cluster_id.clone());
+        tasks.spawn(async move {
+            if let Err(e) = tls_identity
+                .serve_tls(tls_listener, config.bind, tls_shared, cluster)
+                .await
+            {
+                tracing::error!(error = %format!("{e:#}"), "the TLS port stopped");
+            }
+        });
         let ads = AdsServer::new(shared).into_service();
         tasks.spawn(async move {
             let result = tonic::transport::Server::builder()
@@ -124,9 +155,10 @@ impl App {
             snapshots: snap_rx,
             metrics: Arc::new(Mutex::new(registry)),
             cluster_id: config.cluster_id.clone(),
+            identity,
         });
         tasks.spawn(api::serve(http_listener, state));
-        tracing::info!(cluster = config.cluster_id, network = config.network, xds = %bound.xds, http = %bound.http, "straitd serving");
+        tracing::info!(cluster = config.cluster_id, network = config.network, xds = %bound.xds, http = %bound.http, tls = %bound.tls, "straitd serving");
         Ok(App { bound, tasks })
     }
 

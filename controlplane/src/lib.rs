@@ -2,9 +2,11 @@
 //! the HTTP API that `straitctl` speaks. `app` wires them; the binaries are thin.
 
 pub mod api;
-pub mod ca;
 pub mod app;
+pub mod ca;
 pub mod cli;
+pub mod identity;
 pub mod model;
 pub mod store;
+pub mod tls;
 pub mod xds;

@@ -71,6 +71,7 @@ async fn start() -> (App, Bound, Client) {
         bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
         xds_port: 0,
         http_port: 0,
+        tls_port: 0,
         ..Config::default()
     })
     .await

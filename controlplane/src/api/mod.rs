@@ -3,6 +3,7 @@
 
 mod config;
 mod debug;
+mod tokens;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,6 +30,7 @@ pub struct State {
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
     pub metrics: Arc<Mutex<MetricsRegistry>>,
     pub cluster_id: String,
+    pub identity: Arc<crate::identity::Identity>,
 }
 
 pub type Body = Full<Bytes>;
@@ -63,6 +65,16 @@ async fn handle(
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if !may_change_state(&method, peer) {
+        tracing::warn!(%peer, %method, path, "state-changing request from a non-loopback peer refused");
+        return Ok(error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{method} {path} from {peer} refused: config changes and token minting are \
+                 accepted from loopback only; run straitctl on the control plane's host"
+            ),
+        ));
+    }
     let response = match (&method, segments.as_slice()) {
         (&Method::GET, ["metrics"]) => debug::metrics(&state),
         (&Method::GET, ["ready"] | ["healthz", "ready"]) => text(StatusCode::OK, "ready\n"),
@@ -74,6 +86,13 @@ async fn handle(
             Ok(body) => config::apply(&state, &query, body).await,
             Err(resp) => resp,
         },
+        (&Method::POST, ["api", "v1", "tokens"]) => match read_body(req).await {
+            Ok(body) => tokens::create(&state, &body),
+            Err(resp) => resp,
+        },
+        (&Method::GET, ["api", "v1", "ca", "root"]) => {
+            text(StatusCode::OK, state.identity.signer.root_pem())
+        }
         (&Method::GET, ["api", "v1", "resources"]) => config::list(&state, &query).await,
         (&Method::GET, ["api", "v1", "resources", kind, ns, name]) => {
             config::get(&state, kind, ns, name).await
@@ -85,6 +104,13 @@ async fn handle(
     };
     tracing::debug!(%peer, %method, path, status = response.status().as_u16(), "HTTP request");
     Ok(response)
+}
+
+/// Everything that changes state or mints credentials (apply, delete, tokens) is for the
+/// operator on the control plane's host: 15014 also serves metrics and debug pages to whatever
+/// network `--bind` exposes it on, and nothing on it authenticates the caller.
+fn may_change_state(method: &Method, peer: SocketAddr) -> bool {
+    method == Method::GET || method == Method::HEAD || peer.ip().to_canonical().is_loopback()
 }
 
 /// Reads a request body, refusing more than the config size limit before buffering it all.
@@ -166,4 +192,36 @@ pub fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
         .filter_map(|kv| kv.split_once('='))
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_change_state() {
+        let remote: SocketAddr = "198.18.0.7:4000".parse().unwrap_or_else(|_| unreachable!());
+        let mapped: SocketAddr = "[::ffff:198.18.0.7]:4000"
+            .parse()
+            .unwrap_or_else(|_| unreachable!());
+        for (method, peer, allowed) in [
+            (Method::GET, remote, true),
+            (Method::POST, remote, false),
+            (Method::DELETE, remote, false),
+            (Method::PUT, mapped, false),
+            (Method::POST, "127.0.0.5:1".parse().unwrap_or(remote), true),
+            (Method::POST, "[::1]:1".parse().unwrap_or(remote), true),
+            (
+                Method::POST,
+                "[::ffff:127.0.0.1]:1".parse().unwrap_or(remote),
+                true,
+            ),
+        ] {
+            assert_eq!(
+                may_change_state(&method, peer),
+                allowed,
+                "{method} from {peer}"
+            );
+        }
+    }
 }

@@ -7,7 +7,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use hyper::Method;
 use serde_json::Value;
-use strait_controlplane::cli::{client::Client, files, output};
+use std::time::Duration;
+
+use strait_controlplane::ca::files;
+use strait_controlplane::cli::{client::Client, files as inputs, output};
 use strait_controlplane::model::Kind;
 use strait_controlplane::model::yaml::MAX_INPUT_BYTES;
 
@@ -60,12 +63,72 @@ enum Command {
         #[arg(short, long, default_value = "default")]
         namespace: String,
     },
+    /// Make CA material in Istio's `cacerts` layout (local files; no server involved).
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Bootstrap tokens for workloads outside Kubernetes.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Every connected proxy and whether it accepted its config, per xDS type.
     ProxyStatus {
         /// `table` or `json`.
         #[arg(short, long, default_value = "table", value_parser = ["table", "json"])]
         output: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// A mesh root: `ca-cert.pem`, `ca-key.pem` (0600), `root-cert.pem`, `cert-chain.pem`.
+    Root {
+        #[arg(long)]
+        out: PathBuf,
+        /// Organisation in the root's subject.
+        #[arg(long, default_value = "Strait")]
+        org: String,
+        /// Lifetime, e.g. `87600h` (default 10 years).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Replace an existing key in `--out`.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// A cluster's CA, an intermediate under the root in `--root`; give its `--out` to that
+    /// cluster's straitd as `--ca-dir`.
+    Intermediate {
+        #[arg(long)]
+        root: PathBuf,
+        #[arg(long)]
+        cluster: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, e.g. `43800h` (default 5 years, never past the root).
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long)]
+        overwrite: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Ask straitd for a bootstrap token for one workload identity; prints the token.
+    Create {
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(long)]
+        service_account: String,
+        /// The WorkloadGroup the workload registers into.
+        #[arg(long)]
+        group: Option<String>,
+        /// Lifetime, e.g. `1h`, `24h` (at most 30 days).
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    strait_controlplane::model::duration::parse(s)
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -125,7 +188,54 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ProxyStatus { output } => proxy_status(&client, &output).await,
+        Command::Ca(cmd) => ca(cmd),
+        Command::Token(TokenCommand::Create {
+            namespace,
+            service_account,
+            group,
+            ttl,
+        }) => {
+            let body = serde_json::json!({
+                "namespace": namespace,
+                "serviceAccount": service_account,
+                "group": group,
+                "ttlSeconds": ttl.as_secs(),
+            });
+            let v = client
+                .call(Method::POST, "/api/v1/tokens", Some(body.to_string()))
+                .await?;
+            println!("{}", output::field(&v, "token"));
+            Ok(())
+        }
     }
+}
+
+fn ca(cmd: CaCommand) -> anyhow::Result<()> {
+    match cmd {
+        CaCommand::Root {
+            out,
+            org,
+            ttl,
+            overwrite,
+        } => {
+            files::make_root(&out, &org, ttl, overwrite)?;
+            println!("root CA written to {}", out.display());
+        }
+        CaCommand::Intermediate {
+            root,
+            cluster,
+            out,
+            ttl,
+            overwrite,
+        } => {
+            files::make_intermediate(&root, &cluster, &out, ttl, overwrite)?;
+            println!(
+                "intermediate CA for cluster {cluster} written to {}",
+                out.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn apply(
@@ -134,7 +244,7 @@ async fn apply(
     namespace: &str,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    for (name, text) in files::read_inputs(paths)? {
+    for (name, text) in inputs::read_inputs(paths)? {
         // straitd refuses larger requests; say so here rather than as a broken pipe mid-upload.
         if text.len() > MAX_INPUT_BYTES {
             bail!(

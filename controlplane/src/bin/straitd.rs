@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use strait_controlplane::app::{App, Config, HTTP_PORT, XDS_PLAINTEXT_PORT};
+use strait_controlplane::app::{App, Config, HTTP_PORT, TLS_PORT, XDS_PLAINTEXT_PORT};
 use strait_controlplane::xds::push::Debounce;
 
 /// Strait control plane (universal mode).
@@ -31,6 +31,17 @@ struct Args {
     /// Plaintext xDS port (Istio's 15010; loopback and tests only).
     #[arg(long, default_value_t = XDS_PLAINTEXT_PORT)]
     xds_port: u16,
+    /// xDS (mTLS) and the CA over TLS (Istio's 15012).
+    #[arg(long, default_value_t = TLS_PORT)]
+    tls_port: u16,
+    /// SPIFFE trust domain of the mesh.
+    #[arg(long, env = "STRAIT_TRUST_DOMAIN", default_value = "cluster.local")]
+    trust_domain: String,
+    /// The CA's directory: Istio's plug-in `cacerts` files (`ca-cert.pem`, `ca-key.pem`,
+    /// `root-cert.pem`, `cert-chain.pem`, e.g. from `straitctl ca intermediate`), or where a
+    /// self-signed root is created on first start. Default: `<store>/ca`.
+    #[arg(long, env = "STRAIT_CA_DIR")]
+    ca_dir: Option<PathBuf>,
     /// HTTP port: config API, /metrics and /debug (Istio's 15014).
     #[arg(long, default_value_t = HTTP_PORT)]
     http_port: u16,
@@ -56,6 +67,9 @@ async fn main() -> anyhow::Result<()> {
         bind: args.bind,
         xds_port: args.xds_port,
         http_port: args.http_port,
+        tls_port: args.tls_port,
+        trust_domain: args.trust_domain,
+        ca_dir: args.ca_dir,
         debounce: Debounce {
             quiet: Duration::from_millis(args.debounce_ms),
             max: Duration::from_millis(args.debounce_max_ms.max(args.debounce_ms)),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{Stream, StreamExt};
+use strait_proto::identity::SpiffeId;
 use strait_proto::xds::envoy::config::core::v3::Node;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
@@ -45,6 +46,7 @@ pub trait Flavour: Default + Send {
 /// snapshots are handled in arrival order until either side goes away.
 pub async fn serve<F: Flavour>(
     shared: Arc<Shared>,
+    peer: Option<SpiffeId>,
     mut requests: impl Stream<Item = Result<F::Request, Status>> + Unpin,
     tx: Tx<F::Response>,
 ) {
@@ -61,6 +63,17 @@ pub async fn serve<F: Flavour>(
             return;
         }
     };
+    if let Some(id) = &peer
+        && id.namespace() != proxy.namespace
+    {
+        let msg = format!(
+            "node {} claims namespace {:?} but its certificate is for {id}",
+            proxy.id, proxy.namespace
+        );
+        tracing::warn!(node = %proxy.id, identity = %id, "xDS stream refused: namespace mismatch");
+        let _ = tx.send(Err(Status::permission_denied(msg))).await;
+        return;
+    }
     let mut snapshots = shared.snapshots.clone();
     let mut conn = Conn::open(shared, proxy, F::NAME);
     let mut flavour = F::default();
