@@ -168,7 +168,16 @@ fn each_rule_names_its_field() {
             "{egress: [{port: {number: 80}, bind: localhost, hosts: [\"./*\"]}]}",
             "spec.egress[0].bind",
         ),
-        ("Sidecar", "{ingress: [{port: {number: 80}}]}", "spec"),
+        (
+            "Sidecar",
+            "{ingress: [{port: {number: 80}, defaultEndpoint: \"unix:///a\"}]}",
+            "spec.ingress[0].defaultEndpoint",
+        ),
+        (
+            "Sidecar",
+            "{ingress: [{port: {number: 80}, defaultEndpoint: \"127.0.0.1:80\", tls: {}}]}",
+            "spec.ingress[0]",
+        ),
         (
             "PeerAuthentication",
             "{mtls: {mode: SOMETIMES}}",

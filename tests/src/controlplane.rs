@@ -94,12 +94,10 @@ impl Straitd {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().context("spawning straitctl")?;
-        if let Some(mut pipe) = child.stdin.take() {
-            if let Some(input) = stdin {
-                pipe.write_all(input.as_bytes())
-                    .await
-                    .context("writing straitctl's stdin")?;
-            }
+        if let (Some(mut pipe), Some(input)) = (child.stdin.take(), stdin) {
+            pipe.write_all(input.as_bytes())
+                .await
+                .context("writing straitctl's stdin")?;
         }
         let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
             .await

@@ -210,6 +210,41 @@ pub fn xds_bootstrap(node: &Node, xds: SocketAddr, mode: XdsMode) -> Value {
     bootstrap
 }
 
+/// Name of the static cluster that reaches the local SDS server (Istio's name); generated TLS
+/// contexts fetch their certificates (`default`, `ROOTCA`) through it.
+pub const SDS_CLUSTER: &str = "sds-grpc";
+
+/// Adds Istio's `sds-grpc` cluster to `bootstrap`: STATIC, HTTP/2, one endpoint at the Unix
+/// socket `socket` (Istio's agent listens on `./var/run/secrets/workload-spiffe-uds/socket`).
+/// Nothing needs to listen there for Envoy to accept xDS that names the cluster; TLS clusters
+/// and listeners then wait (warm) until their secrets arrive.
+pub fn add_sds_cluster(bootstrap: &mut Value, socket: &std::path::Path) {
+    let cluster = json!({
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{
+                "lb_endpoints": [{
+                    "endpoint": { "address": { "pipe": { "path": socket.display().to_string() } } }
+                }]
+            }]
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} }
+            }
+        }
+    });
+    if let Some(clusters) = bootstrap["static_resources"]["clusters"].as_array_mut() {
+        clusters.push(cluster);
+    } else {
+        bootstrap["static_resources"]["clusters"] = json!([cluster]);
+    }
+}
+
 /// A bootstrap without any control plane, for checking the harness itself: one listener
 /// named `listener` on 127.0.0.1 (port chosen by the kernel; see [`Envoy::listener_addr`])
 /// routing every HTTP request to the static cluster `upstream` at `upstream`.

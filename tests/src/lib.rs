@@ -1,6 +1,7 @@
 //! Test harness: real processes, real sockets.
 //!
 //! - [`process`]: [`Child`], a process guard that logs to a file and cannot outlive its test;
+//! - [`agent`]: strait-proxy's SDS agent feeding a stock Envoy certificates from straitd's CA;
 //! - [`bins`]: where the workspace binaries (`straitd`, `straitctl`) are;
 //! - [`controlplane`]: a real `straitd` on its own loopback address, and `straitctl` against it;
 //! - [`wait`]: [`eventually`] and [`assert_eventually!`], waiting on conditions instead of sleeps;
@@ -8,6 +9,7 @@
 //! - [`envoy`]: a stock Envoy with an Istio-style bootstrap, and its admin API;
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client.
 
+pub mod agent;
 pub mod bins;
 pub mod controlplane;
 pub mod envoy;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use strait_tests::agent::SdsAgent;
 use strait_tests::controlplane::Straitd;
-use strait_tests::envoy::{Envoy, IstioMeta, Node, XdsMode, xds_bootstrap};
+use strait_tests::envoy::{Envoy, IstioMeta, Node, XdsMode, add_sds_cluster, xds_bootstrap};
 use strait_tests::{eventually, process};
 
 /// One of everything the model accepts (see controlplane/src/model/networking.rs).
@@ -28,7 +29,7 @@ spec:
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {name: reviews-v1-a, namespace: default}
-spec: {address: 198.18.1.1, labels: {app: reviews, version: v1}, locality: r1/z1/s1, weight: 2, serviceAccount: reviews}
+spec: {address: 198.18.1.1, labels: {app: reviews, version: v1, security.istio.io/tlsMode: istio}, locality: r1/z1/s1, weight: 2, serviceAccount: reviews}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -158,6 +159,66 @@ spec:
     bind: BIND
     captureMode: NONE
     hosts: ["default/db.default.svc.cluster.local"]
+  ingress:
+  - port: {number: 7080, protocol: HTTP, name: http}
+    bind: BIND
+    captureMode: NONE
+    defaultEndpoint: 127.0.0.1:8080
+  - port: {number: 7090, protocol: GRPC, name: grpc}
+    bind: BIND
+    defaultEndpoint: 127.0.0.1:8090
+  - port: {number: 7433, protocol: TCP, name: tcp}
+    bind: BIND
+    defaultEndpoint: 127.0.0.1:8433
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: STRICT}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: bound}
+spec: {mtls: {mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: productpage, namespace: bound}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  mtls: {mode: UNSET}
+  portLevelMtls: {7090: {mode: STRICT}, 7433: {mode: DISABLE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: bound}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {namespaces: [evil, "team-*"], notPrincipals: [cluster.local/ns/ops/sa/admin]}}]
+    to: [{operation: {paths: ["/admin*"], methods: [DELETE], ports: ["7080", "7433"]}}]
+  - to: [{operation: {notPorts: ["7090"], notMethods: [GET]}}]
+    from: [{source: {notNamespaces: [bound]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: viewers, namespace: bound}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  rules:
+  - from:
+    - source: {principals: [cluster.local/ns/default/sa/sleep, "cluster.local/ns/prod/*", "*/sa/admin"]}
+    - source: {principals: ["*"], namespaces: [default]}
+    to:
+    - operation: {methods: [GET, "*"], paths: [/exact, "/api/*", "*.css"], ports: ["7080"]}
+    - operation: {notPaths: ["/private*"], notPorts: ["7433"]}
+  - to: [{operation: {ports: ["7433"]}}]
+  - {}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: nothing, namespace: istio-system}
+spec: {selector: {matchLabels: {app: nobody}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -215,7 +276,17 @@ async fn judge(mode: XdsMode, namespace: &str, interception: &str) -> Result<()>
     meta.interception_mode = interception.into();
     let node = Node::istio_sidecar("198.18.0.10".parse()?, "productpage-1", &meta)
         .meta("LABELS", serde_json::json!({"app": "productpage", "topology.kubernetes.io/region": "r1", "topology.kubernetes.io/zone": "z1"}));
-    let envoy = Envoy::start("envoy", &xds_bootstrap(&node, straitd.xds(), mode)).await?;
+    let mut bootstrap = xds_bootstrap(&node, straitd.xds(), mode);
+    // Envoy warms TLS clusters and listeners only once their secrets arrive, as under Istio.
+    let agent = SdsAgent::start(
+        &straitd,
+        namespace,
+        "productpage",
+        Duration::from_secs(3600),
+    )
+    .await?;
+    add_sds_cluster(&mut bootstrap, agent.socket());
+    let envoy = Envoy::start("envoy", &bootstrap).await?;
     envoy.wait_ready(Duration::from_secs(30)).await?;
     wait_synced(&straitd, &node.id).await?;
     let clusters = envoy.clusters().await?;

@@ -4,7 +4,7 @@
 //! YAML → JSON value → typed spec, so every refusal names the path of the bad field.
 
 pub mod document;
-mod duration;
+pub mod duration;
 mod kind;
 pub mod mesh;
 mod meta;

@@ -388,6 +388,8 @@ pub struct Sidecar {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_selector: Option<WorkloadSelector>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ingress: Vec<IstioIngressListener>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub egress: Vec<IstioEgressListener>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
@@ -412,6 +414,19 @@ pub struct IstioEgressListener {
     #[serde(default)]
     pub capture_mode: CaptureMode,
     pub hosts: Vec<String>,
+}
+
+/// Where the sidecar accepts traffic for its workload and where it delivers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IstioIngressListener {
+    pub port: SidecarPort,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind: Option<String>,
+    #[serde(default)]
+    pub capture_mode: CaptureMode,
+    /// `<ip>:<port>` of the application, e.g. `127.0.0.1:8080`.
+    pub default_endpoint: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -57,10 +57,17 @@ pub fn warnings(r: &Resource) -> Vec<String> {
             }
         }
         Spec::PeerAuthentication(_) | Spec::AuthorizationPolicy(_) => out.push(format!(
-            "{} {}: stored, but not yet enforced: mTLS and authorization generation arrive with \
-             Strait's identity release",
+            "{} {}: enforced only where a Sidecar declares `ingress` listeners that are not \
+             captured (the proxy sets INTERCEPTION_MODE NONE, as on VMs, or the listener sets \
+             captureMode: NONE); workloads whose inbound traffic iptables captures (port 15006) \
+             accept it unchecked until capture-mode inbound arrives with the proxy release{}",
             r.kind(),
-            r.meta.name
+            r.meta.name,
+            if matches!(r.spec, Spec::PeerAuthentication(_)) {
+                ". Clients already honour DISABLE (they send plaintext to that workload's port)"
+            } else {
+                ""
+            }
         )),
         _ => {}
     }
@@ -495,6 +502,33 @@ fn destinations(path: &str, dests: &[(&Destination, Option<u32>)]) -> Result {
 }
 
 fn sidecar(s: &Sidecar) -> Result {
+    let mut ingress_ports = BTreeSet::new();
+    for (i, l) in s.ingress.iter().enumerate() {
+        let path = format!("spec.ingress[{i}]");
+        port_number(&format!("{path}.port.number"), l.port.number)?;
+        protocol(&format!("{path}.port.protocol"), &l.port.protocol)?;
+        if !ingress_ports.insert(l.port.number) {
+            return err(
+                format!("{path}.port.number"),
+                format!("port {} is listed twice", l.port.number),
+            );
+        }
+        if let Some(b) = l.bind.as_ref().filter(|b| b.parse::<IpAddr>().is_err()) {
+            return err(
+                format!("{path}.bind"),
+                format!("{b:?} is not an IP address"),
+            );
+        }
+        if l.default_endpoint.parse::<std::net::SocketAddr>().is_err() {
+            return err(
+                format!("{path}.defaultEndpoint"),
+                format!(
+                    "{:?} must be <ip>:<port>, e.g. 127.0.0.1:8080 (unix sockets are not implemented)",
+                    l.default_endpoint
+                ),
+            );
+        }
+    }
     for (i, e) in s.egress.iter().enumerate() {
         let path = format!("spec.egress[{i}]");
         if let Some(p) = &e.port {
@@ -536,10 +570,10 @@ fn sidecar(s: &Sidecar) -> Result {
             host(&p, name)?;
         }
     }
-    if s.egress.is_empty() && s.outbound_traffic_policy.is_none() {
+    if s.ingress.is_empty() && s.egress.is_empty() && s.outbound_traffic_policy.is_none() {
         return err(
             "spec",
-            "a Sidecar needs egress listeners or an outboundTrafficPolicy",
+            "a Sidecar needs ingress or egress listeners or an outboundTrafficPolicy",
         );
     }
     Ok(())

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use strait_proto::identity::{DEFAULT_TRUST_DOMAIN, SpiffeId};
 use strait_proto::locality::Locality;
 use strait_proto::node::{NodeId, NodeType};
 use strait_proto::xds::envoy::config::core::v3::Node;
@@ -34,6 +35,9 @@ pub struct Proxy {
     pub labels: BTreeMap<String, String>,
     pub locality: Locality,
     pub interception: Interception,
+    /// The mesh's trust domain as this proxy knows it (node metadata `TRUST_DOMAIN`, else
+    /// `cluster.local`): the `spiffe://<trust domain>/…` identities its TLS contexts expect.
+    pub trust_domain: String,
 }
 
 impl Proxy {
@@ -66,6 +70,12 @@ impl Proxy {
                 )));
             }
         };
+        let trust_domain = Some(string("TRUST_DOMAIN"))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+        // The same check a SPIFFE id's trust domain gets, so every SAN we derive is well formed.
+        SpiffeId::new(trust_domain.as_str(), "default", "default")
+            .map_err(|e| Error::BadNode(format!("node.metadata.TRUST_DOMAIN: {e}")))?;
         let network = Some(string("NETWORK"))
             .filter(|s| !s.is_empty())
             .or_else(|| labels.get(strait_proto::locality::LABEL_NETWORK).cloned())
@@ -82,6 +92,7 @@ impl Proxy {
             labels,
             locality,
             interception,
+            trust_domain,
         })
     }
 }

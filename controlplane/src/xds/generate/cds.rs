@@ -1,5 +1,6 @@
 //! CDS: a cluster per visible service port and DestinationRule subset, shaped as Istio shapes
-//! them (discovery type from the resolution, connection pool, outlier detection, load balancer).
+//! them (discovery type from the resolution, connection pool, outlier detection, load balancer,
+//! auto mTLS for MESH_INTERNAL services), and the inbound clusters.
 
 use std::collections::BTreeMap;
 
@@ -35,7 +36,7 @@ use crate::model::networking::{
 use super::scope::Scope;
 use super::{
     BLACKHOLE_CLUSTER, DEFAULT_CONNECT_TIMEOUT, PASSTHROUGH_CLUSTER, Protocol, ads, cluster_name,
-    duration, eds, rules, uint32,
+    duration, eds, inbound, rules, tls, uint32,
 };
 
 /// Key of the upstream HTTP options in `typed_extension_protocol_options`.
@@ -60,6 +61,7 @@ pub(super) fn clusters(scope: &Scope<'_>) -> Vec<Cluster> {
             }
         }
     }
+    out.extend(inbound::clusters(scope));
     out.push(blackhole_cluster());
     out.push(passthrough_cluster());
     out
@@ -100,6 +102,18 @@ fn service_cluster(
         policy.load_balancer.as_ref(),
         policy.outlier_detection.is_some(),
     );
+    // Auto mTLS: endpoints EDS marks `tlsMode: istio` get mutual TLS, the rest plaintext. An
+    // ORIGINAL_DST cluster has no endpoints to mark.
+    if tls::cluster_mtls(svc) && !is_type(&c, DiscoveryType::OriginalDst) {
+        let context = tls::upstream_tls_context(
+            svc,
+            port.number,
+            subset.map(|s| s.name.as_str()),
+            Protocol::of_port(port),
+            &scope.proxy.trust_domain,
+        );
+        c.transport_socket_matches = tls::transport_socket_matches(&context);
+    }
     c
 }
 
@@ -114,7 +128,7 @@ fn connect_timeout(policy: &TrafficPolicy) -> std::time::Duration {
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
 }
 
-fn set_type(c: &mut Cluster, t: DiscoveryType) {
+pub(super) fn set_type(c: &mut Cluster, t: DiscoveryType) {
     c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(t as i32));
 }
 
@@ -195,10 +209,11 @@ fn dns_assignment(
     };
     if logical {
         selected.truncate(1);
-        return Some(eds::assignment(scope.proxy, name, port, selected, None));
+        return Some(eds::assignment(scope, svc, name, port, selected, None));
     }
     Some(eds::assignment(
-        scope.proxy,
+        scope,
+        svc,
         name,
         port,
         selected,
@@ -222,7 +237,7 @@ fn host_endpoint(svc: &Service) -> Endpoint {
 
 /// Circuit breakers (Istio's defaults: unlimited, as Envoy's own defaults are too low under
 /// churn) and upstream HTTP options (keep-alive limits, HTTP/2 for HTTP2 and GRPC ports).
-fn apply_connection_pool(
+pub(super) fn apply_connection_pool(
     c: &mut Cluster,
     pool: Option<&ConnectionPoolSettings>,
     protocol: Protocol,

@@ -1,11 +1,12 @@
 //! EDS: the endpoints of a cluster as one proxy must see them. Endpoints on another network are
 //! left out (a network is reachable only through its gateway, and gateways are not modelled
 //! yet), subsets keep only the endpoints their labels select, and localities get the
-//! priorities and weights of Istio's locality load balancing.
+//! priorities and weights of Istio's locality load balancing. Endpoints that can take Istio
+//! mutual TLS carry the metadata that selects it (see [`super::tls`]).
 
 use std::net::IpAddr;
 
-use strait_proto::xds::envoy::config::core::v3::Locality as EnvoyLocality;
+use strait_proto::xds::envoy::config::core::v3::{Locality as EnvoyLocality, Metadata};
 use strait_proto::xds::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use strait_proto::xds::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
@@ -15,9 +16,10 @@ use crate::model::mesh::{Endpoint, Service, selects};
 use crate::model::networking::{ServicePort, Subset, TrafficPolicy};
 use crate::xds::proxy::Proxy;
 
+use super::authn::{self, Mode};
 use super::locality::{self, Group};
 use super::scope::Scope;
-use super::{parse_cluster_name, rules, socket_address, uint32};
+use super::{parse_cluster_name, rules, socket_address, tls, uint32};
 
 pub(super) fn endpoints(scope: &Scope<'_>, names: &[String]) -> Vec<ClusterLoadAssignment> {
     names
@@ -44,7 +46,8 @@ fn load_assignment(scope: &Scope<'_>, name: &str) -> Option<ClusterLoadAssignmen
     let policy = rules::traffic_policy(dr.map(|d| &d.spec), subset);
     let ips = selected(scope.proxy, svc, subset).filter(|e| e.address.parse::<IpAddr>().is_ok());
     Some(assignment(
-        scope.proxy,
+        scope,
+        svc,
         name,
         port,
         ips.collect(),
@@ -68,7 +71,8 @@ pub(super) fn selected<'a>(
 /// Groups `endpoints` by locality and applies the policy's locality load balancing (None: all
 /// at priority 0, as for LOGICAL_DNS).
 pub(super) fn assignment(
-    proxy: &Proxy,
+    scope: &Scope<'_>,
+    svc: &Service,
     name: &str,
     port: &ServicePort,
     endpoints: Vec<&Endpoint>,
@@ -76,16 +80,33 @@ pub(super) fn assignment(
 ) -> ClusterLoadAssignment {
     let mut groups = locality::group(endpoints);
     if let Some(policy) = policy {
-        groups = locality::apply(groups, proxy, policy);
+        groups = locality::apply(groups, scope.proxy, policy);
     }
+    let mtls = |e: &Endpoint| mtls_capable(scope, svc, e, port);
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
-        endpoints: groups.iter().map(|g| locality_endpoints(g, port)).collect(),
+        endpoints: groups
+            .iter()
+            .map(|g| locality_endpoints(g, port, &mtls))
+            .collect(),
         ..Default::default()
     }
 }
 
-fn locality_endpoints(group: &Group<'_>, port: &ServicePort) -> LocalityLbEndpoints {
+/// Istio's auto mTLS choice for one endpoint: its workload runs a mesh proxy (label
+/// `security.istio.io/tlsMode: istio`), the service is MESH_INTERNAL, and the workload's
+/// PeerAuthentication does not DISABLE mutual TLS on the endpoint's port.
+fn mtls_capable(scope: &Scope<'_>, svc: &Service, e: &Endpoint, port: &ServicePort) -> bool {
+    tls::has_mesh_proxy(e)
+        && tls::auto_mtls(svc)
+        && authn::mode(scope.mesh, &svc.namespace, &e.labels, e.target_port(port)) != Mode::Disable
+}
+
+fn locality_endpoints(
+    group: &Group<'_>,
+    port: &ServicePort,
+    mtls: &dyn Fn(&Endpoint) -> bool,
+) -> LocalityLbEndpoints {
     let l = &group.locality;
     LocalityLbEndpoints {
         locality: Some(EnvoyLocality {
@@ -96,7 +117,7 @@ fn locality_endpoints(group: &Group<'_>, port: &ServicePort) -> LocalityLbEndpoi
         lb_endpoints: group
             .endpoints
             .iter()
-            .map(|e| lb_endpoint(e, port))
+            .map(|e| lb_endpoint(e, port, mtls(e)))
             .collect(),
         load_balancing_weight: uint32(group.weight.max(1)),
         priority: group.priority,
@@ -104,13 +125,25 @@ fn locality_endpoints(group: &Group<'_>, port: &ServicePort) -> LocalityLbEndpoi
     }
 }
 
-fn lb_endpoint(e: &Endpoint, port: &ServicePort) -> LbEndpoint {
+/// An endpoint; `mtls` adds the metadata `envoy.transport_socket_match: {tlsMode: istio}` that
+/// selects the cluster's mutual TLS socket.
+fn lb_endpoint(e: &Endpoint, port: &ServicePort, mtls: bool) -> LbEndpoint {
+    let metadata = mtls.then(|| Metadata {
+        filter_metadata: [(
+            tls::TRANSPORT_SOCKET_MATCH.to_string(),
+            tls::tls_mode_struct(),
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    });
     LbEndpoint {
         host_identifier: Some(HostIdentifier::Endpoint(EnvoyEndpoint {
             address: Some(socket_address(&e.address, e.target_port(port))),
             ..Default::default()
         })),
         load_balancing_weight: uint32(e.weight.max(1)),
+        metadata,
         ..Default::default()
     }
 }

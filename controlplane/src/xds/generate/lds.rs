@@ -8,7 +8,8 @@
 //!   a `bind`): one listener per egress listener with a port, `<bind>_<port>`, bound there.
 //!
 //! An HTTP port gets an HTTP connection manager whose routes come by RDS; a TCP port a
-//! tcp_proxy to the cluster of the one service on it.
+//! tcp_proxy to the cluster of the one service on it. Inbound listeners come from
+//! [`super::inbound`].
 
 use strait_proto::xds::envoy::config::core::v3::TrafficDirection;
 use strait_proto::xds::envoy::config::listener::v3::filter::ConfigType;
@@ -40,21 +41,26 @@ use super::{
 pub(super) const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
 /// Port iptables redirects outbound connections to.
 const VIRTUAL_OUTBOUND_PORT: u32 = 15001;
-const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+pub(super) const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
-const ROUTER: &str = "envoy.filters.http.router";
+pub(super) const ROUTER: &str = "envoy.filters.http.router";
 
 pub(super) fn listeners(scope: &Scope<'_>) -> Vec<Listener> {
+    let inbound = super::inbound::listeners(scope);
     let mut out = Vec::new();
     if !scope.bind_mode() {
         out.push(virtual_outbound(scope));
     }
+    // An inbound listener takes its address from an outbound one of the same name: the
+    // operator declared that port as the workload's own.
     out.extend(
         scope
             .port_listeners()
             .iter()
+            .filter(|l| !inbound.iter().any(|i| i.name == l.name))
             .map(|l| port_listener(scope, l)),
     );
+    out.extend(inbound);
     out
 }
 
@@ -119,14 +125,14 @@ fn port_listener(scope: &Scope<'_>, l: &PortListener<'_>) -> Listener {
     }
 }
 
-fn network_filter(name: &str, config: Any) -> Filter {
+pub(super) fn network_filter(name: &str, config: Any) -> Filter {
     Filter {
         name: name.to_string(),
         config_type: Some(ConfigType::TypedConfig(config)),
     }
 }
 
-fn http_filter(name: &str, config: Any) -> HttpFilter {
+pub(super) fn http_filter(name: &str, config: Any) -> HttpFilter {
     HttpFilter {
         name: name.to_string(),
         config_type: Some(HttpFilterConfig::TypedConfig(config)),
@@ -155,7 +161,7 @@ fn http_connection_manager(l: &PortListener<'_>) -> Filter {
     network_filter(HTTP_CONNECTION_MANAGER, to_any(&hcm))
 }
 
-fn tcp_proxy(stat_prefix: &str, cluster: ClusterSpecifier) -> Filter {
+pub(super) fn tcp_proxy(stat_prefix: &str, cluster: ClusterSpecifier) -> Filter {
     let proxy = TcpProxy {
         stat_prefix: stat_prefix.to_string(),
         cluster_specifier: Some(cluster),

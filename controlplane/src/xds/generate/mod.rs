@@ -4,18 +4,27 @@
 //! through which Sidecar egress listeners. Names are Istio's, so dashboards and habits carry over:
 //! clusters `outbound|<port>|<subset>|<host>`, listeners `0.0.0.0_<port>` (or `<bind>_<port>`),
 //! route configurations `<port>`, plus `virtualOutbound`, `PassthroughCluster` and
-//! `BlackHoleCluster`.
+//! `BlackHoleCluster`; inbound, listeners `<bind>_<port>` from Sidecar `ingress` and clusters
+//! `inbound|<port>||`.
+//!
+//! Security follows Istio: auto mutual TLS to MESH_INTERNAL services ([`tls`]), inbound mTLS
+//! modes from PeerAuthentication ([`authn`]) and RBAC from AuthorizationPolicy ([`rbac`]), with
+//! certificates delivered by SDS from the local agent (static cluster `sds-grpc`).
 
+mod authn;
 mod cds;
 mod eds;
+mod inbound;
 mod lds;
 mod locality;
+mod rbac;
 mod rds;
 mod route;
 mod rules;
 mod scope;
 #[cfg(test)]
 mod tests;
+mod tls;
 
 use std::time::Duration as StdDuration;
 
@@ -36,6 +45,9 @@ use crate::xds::proxy::Proxy;
 
 use scope::Scope;
 
+pub use inbound::inbound_cluster_name;
+pub use tls::{SDS_CLUSTER, SDS_DEFAULT, SDS_ROOT_CA, TLS_MODE_LABEL};
+
 /// Original-destination cluster for traffic to hosts outside the registry (`ALLOW_ANY`).
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 /// Cluster without endpoints: traffic sent here is dropped (`REGISTRY_ONLY`).
@@ -44,7 +56,8 @@ pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 const DEFAULT_CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 
 /// Every cluster the proxy may use: per visible service and port, one cluster and one per
-/// DestinationRule subset; then `BlackHoleCluster` and `PassthroughCluster`.
+/// DestinationRule subset; then `inbound|<port>||` per inbound listener, `BlackHoleCluster` and
+/// `PassthroughCluster`.
 pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Cluster> {
     cds::clusters(&Scope::new(mesh, proxy))
 }
@@ -61,7 +74,8 @@ pub fn all_endpoint_names(mesh: &Mesh, proxy: &Proxy) -> Vec<String> {
 }
 
 /// Outbound listeners: `virtualOutbound` and one per port (capture), or one per Sidecar egress
-/// listener bound to its address (no capture).
+/// listener bound to its address (no capture); then the inbound listeners of Sidecar `ingress`
+/// (no capture).
 pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Listener> {
     lds::listeners(&Scope::new(mesh, proxy))
 }

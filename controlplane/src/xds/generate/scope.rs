@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use crate::model::mesh::{Mesh, Service, selects};
 use crate::model::networking::{
-    CaptureMode, IstioEgressListener, OutboundMode, ServicePort, Sidecar, SidecarPort,
+    CaptureMode, IstioEgressListener, IstioIngressListener, OutboundMode, ServicePort, Sidecar,
+    SidecarPort,
 };
 use crate::xds::proxy::{Interception, Proxy};
 
@@ -24,6 +25,8 @@ pub(super) struct Scope<'a> {
     pub mesh: &'a Mesh,
     pub proxy: &'a Proxy,
     egress: Vec<Egress<'a>>,
+    /// The Sidecar's `ingress` listeners, in order.
+    pub ingress: &'a [IstioIngressListener],
     /// `outboundTrafficPolicy.mode: REGISTRY_ONLY`: unknown destinations are dropped.
     pub registry_only: bool,
 }
@@ -87,6 +90,7 @@ impl<'a> Scope<'a> {
             mesh,
             proxy,
             egress,
+            ingress: sidecar.map(|s| s.ingress.as_slice()).unwrap_or_default(),
             registry_only,
         }
     }
@@ -245,7 +249,7 @@ impl<'a> Scope<'a> {
 }
 
 /// The protocol a Sidecar port declares: its `protocol`, else an HTTP-flavoured name.
-fn declared_protocol(port: &SidecarPort) -> Option<Protocol> {
+pub(super) fn declared_protocol(port: &SidecarPort) -> Option<Protocol> {
     match (&port.protocol, &port.name) {
         (Some(p), _) => Some(Protocol::of(Some(p), "")),
         (None, Some(name)) => Protocol::from_name(name),

@@ -6,6 +6,7 @@ mod eds;
 mod lds;
 mod rds;
 mod scope;
+mod security;
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,7 @@ pub(super) fn proxy() -> Proxy {
         labels: BTreeMap::from([("app".to_string(), "sleep".to_string())]),
         locality: "r1/z1/s1".parse().unwrap(),
         interception: Interception::Redirect,
+        trust_domain: "cluster.local".to_string(),
     }
 }
 
