@@ -2,10 +2,14 @@
 //!
 //! - [`certs`]: obtains, caches and rotates the workload certificate from the control plane's
 //!   CA, and serves it to a stock Envoy over SDS.
+//! - [`config`]: the typed, validated, immutable config decoded from xDS.
+//! - [`xds`]: the delta ADS client, the one writer of the config.
 //! - [`tls`]: mutual TLS between workloads with SPIFFE verification, and TLS detection on
 //!   PERMISSIVE ports.
 #![forbid(unsafe_code)]
 #![deny(missing_debug_implementations)]
 
 pub mod certs;
+pub mod config;
 pub mod tls;
+pub mod xds;
