@@ -144,6 +144,7 @@ impl Report {
     pub fn new(straitd: String) -> Report {
         Report {
             straitd,
+            load_start: loadavg(),
             ..Default::default()
         }
     }
