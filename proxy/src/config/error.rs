@@ -69,6 +69,11 @@ pub struct Error {
 }
 
 impl Error {
+    /// A resource sent without its body.
+    pub(crate) fn no_body(kind: Kind, name: &str) -> Error {
+        Error::new(kind, name, FieldError::new("resource", "is missing"))
+    }
+
     pub(crate) fn new(kind: Kind, name: &str, field: FieldError) -> Error {
         Error {
             kind,
