@@ -14,6 +14,8 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api;
+use crate::ca::token::DEFAULT_AUDIENCE;
+use crate::ca::tokenreview::{self, TokenReviewer};
 use crate::identity::{self, Identity};
 use crate::store::{ConfigStore, MemoryStore, SledStore};
 use crate::xds::connection::Shared;
@@ -43,6 +45,11 @@ pub struct Config {
     pub trust_domain: String,
     /// The CA's directory (plug-in `cacerts` files or a persisted root); default `<store>/ca`.
     pub ca_dir: Option<PathBuf>,
+    /// A kubeconfig whose current context's API server checks Kubernetes service-account tokens
+    /// for the CA (TokenReview). In this release it is used for nothing else.
+    pub kubeconfig: Option<PathBuf>,
+    /// How long one TokenReview may take.
+    pub token_review_timeout: Duration,
 }
 
 impl Default for Config {
@@ -57,11 +64,27 @@ impl Default for Config {
             tls_port: TLS_PORT,
             trust_domain: strait_proto::identity::DEFAULT_TRUST_DOMAIN.into(),
             ca_dir: None,
+            kubeconfig: None,
+            token_review_timeout: tokenreview::DEFAULT_TIMEOUT,
             debounce: Debounce {
                 quiet: Duration::from_millis(20),
                 max: Duration::from_millis(200),
             },
         }
+    }
+}
+
+/// straitd's log filter: `spec` (from `STRAIT_LOG`), else `info`, with `kube_client` capped at
+/// `info` whatever the spec says: at `debug` it logs the API server's error answers verbatim,
+/// and an answer to a TokenReview may quote the token under review.
+pub fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    let filter = spec
+        .and_then(|s| EnvFilter::try_new(s).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    match "kube_client=info".parse() {
+        Ok(cap) => filter.add_directive(cap),
+        Err(_) => filter,
     }
 }
 
@@ -112,6 +135,20 @@ impl App {
             &config.cluster_id,
         )?);
 
+        let token_review = match &config.kubeconfig {
+            Some(path) => {
+                let reviewer = TokenReviewer::from_kubeconfig(
+                    path,
+                    vec![DEFAULT_AUDIENCE.to_string()],
+                    config.token_review_timeout,
+                )
+                .await?;
+                tracing::info!(kubeconfig = %path.display(), server = reviewer.server(), audience = DEFAULT_AUDIENCE, "the CA accepts Kubernetes service-account tokens (TokenReview)");
+                Some(Arc::new(reviewer))
+            }
+            None => None,
+        };
+
         let xds_listener = bind(config.bind, config.xds_port, "xDS").await?;
         let http_listener = bind(config.bind, config.http_port, "HTTP").await?;
         let tls_listener = bind(config.bind, config.tls_port, "TLS (xDS and CA)").await?;
@@ -132,7 +169,7 @@ impl App {
             (identity.clone(), shared.clone(), config.cluster_id.clone());
         tasks.spawn(async move {
             if let Err(e) = tls_identity
-                .serve_tls(tls_listener, config.bind, tls_shared, cluster)
+                .serve_tls(tls_listener, config.bind, tls_shared, cluster, token_review)
                 .await
             {
                 tracing::error!(error = %format!("{e:#}"), "the TLS port stopped");

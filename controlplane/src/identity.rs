@@ -16,6 +16,7 @@ use crate::ca::authn::Authenticators;
 use crate::ca::server::CaService;
 use crate::ca::signer::Signer;
 use crate::ca::token::TokenIssuer;
+use crate::ca::tokenreview::TokenReviewer;
 use crate::tls::{self, ServerCert};
 use crate::xds::connection::Shared;
 use crate::xds::server::AdsServer;
@@ -113,6 +114,7 @@ impl Identity {
         bind: IpAddr,
         xds: Arc<Shared>,
         cluster_id: String,
+        token_review: Option<Arc<TokenReviewer>>,
     ) -> anyhow::Result<()> {
         let (chain, key) = self.issue_serving(bind)?;
         let cert = ServerCert::new(&chain, &key)?;
@@ -124,6 +126,7 @@ impl Identity {
                 .verifier()
                 .with_trust_domain(self.trust_domain.clone()),
             trust_domain: self.trust_domain.clone(),
+            token_review,
         });
         let ca = CaService::new(self.signer.clone(), authn, cluster_id).into_service();
         let ads = AdsServer::new(xds)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use strait_controlplane::app::{App, Config, HTTP_PORT, TLS_PORT, XDS_PLAINTEXT_PORT};
+use strait_controlplane::app::{App, Config, HTTP_PORT, TLS_PORT, XDS_PLAINTEXT_PORT, log_filter};
 use strait_controlplane::xds::push::Debounce;
 
 /// Strait control plane (universal mode).
@@ -42,6 +42,17 @@ struct Args {
     /// self-signed root is created on first start. Default: `<store>/ca`.
     #[arg(long, env = "STRAIT_CA_DIR")]
     ca_dir: Option<PathBuf>,
+    /// A kubeconfig (its current context) for the CA to check Kubernetes service-account tokens
+    /// with a TokenReview, as istiod does (audience `istio-ca`); straitd's credential needs
+    /// `create` on `tokenreviews` (the `system:auth-delegator` ClusterRole). In this release the
+    /// kubeconfig is used for TokenReview only: the Kubernetes registry arrives with its own
+    /// issue. `KUBECONFIG` is never read implicitly: without this flag service-account tokens are
+    /// refused.
+    #[arg(long, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+    /// Longest a TokenReview may take, in milliseconds; past it the caller gets `Unavailable`.
+    #[arg(long, default_value_t = 5000, value_name = "MS")]
+    token_review_timeout_ms: u64,
     /// HTTP port: config API, /metrics and /debug (Istio's 15014).
     #[arg(long, default_value_t = HTTP_PORT)]
     http_port: u16,
@@ -70,6 +81,8 @@ async fn main() -> anyhow::Result<()> {
         tls_port: args.tls_port,
         trust_domain: args.trust_domain,
         ca_dir: args.ca_dir,
+        kubeconfig: args.kubeconfig,
+        token_review_timeout: Duration::from_millis(args.token_review_timeout_ms.max(1)),
         debounce: Debounce {
             quiet: Duration::from_millis(args.debounce_ms),
             max: Duration::from_millis(args.debounce_max_ms.max(args.debounce_ms)),
@@ -84,8 +97,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("STRAIT_LOG").ok().as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -5,7 +5,10 @@
 //!   root), and issuing a leaf from a validated CSR;
 //! - [`csr`]: everything a CSR must satisfy before it is signed;
 //! - [`files`]: making a mesh root and cluster intermediates (`straitctl ca root|intermediate`);
-//! - [`token`]: Strait bootstrap tokens (ES256 JWTs the control plane signs) — issue and verify.
+//! - [`token`]: Strait bootstrap tokens (ES256 JWTs the control plane signs) — issue and verify;
+//! - [`tokenreview`]: Kubernetes service-account tokens, vouched for by the API server's
+//!   TokenReview;
+//! - [`authn`]: the chain of authenticators (client certificate, bootstrap token, TokenReview).
 
 pub mod authn;
 pub mod csr;
@@ -13,3 +16,4 @@ pub mod files;
 pub mod server;
 pub mod signer;
 pub mod token;
+pub mod tokenreview;

@@ -53,10 +53,17 @@ impl IstioCertificateService for CaService {
             }
         }
         let peer_certs = request.peer_certs();
-        let caller = self
+        let caller = match self
             .authn
             .authenticate(request.metadata(), peer_certs.as_deref().map(Vec::as_slice))
-            .map_err(Status::unauthenticated)?;
+            .await
+        {
+            Ok(caller) => caller,
+            Err(refusal) => {
+                tracing::info!(unavailable = refusal.unavailable, reasons = %refusal.message(), "caller not authenticated");
+                return Err(refusal.into());
+            }
+        };
         let req = request.into_inner();
         let ttl = match req.validity_duration {
             0 => None,

@@ -523,6 +523,11 @@ impl TokenVerifier {
         Ok(kid)
     }
 
+    /// The `iss` this verifier accepts.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
     /// The `kid`s of the keys this verifier trusts.
     pub fn kids(&self) -> impl Iterator<Item = &str> {
         self.keys.keys().map(String::as_str)
