@@ -36,6 +36,17 @@ impl Straitd {
         network: &str,
         store: &Path,
     ) -> Result<Straitd> {
+        Self::start_with(ip, cluster, network, store, &[]).await
+    }
+
+    /// Like [`Straitd::start_on`] with more command-line arguments (e.g. `--ca-dir`).
+    pub async fn start_with(
+        ip: Ipv4Addr,
+        cluster: &str,
+        network: &str,
+        store: &Path,
+        extra: &[&std::ffi::OsStr],
+    ) -> Result<Straitd> {
         let child = Child::builder(&format!("straitd-{cluster}"), bins::straitd()?)
             .args([
                 "--cluster",
@@ -47,6 +58,7 @@ impl Straitd {
             ])
             .arg("--store")
             .arg(store)
+            .args(extra)
             .env("STRAIT_LOG", "info,strait_controlplane=debug")
             .spawn()?;
         let d = Straitd {

@@ -106,13 +106,21 @@ mod tests {
     fn istio_names_are_exposed_without_a_total_suffix() {
         let mut registry = Registry::default();
         let m = Metrics::new(&mut registry);
-        m.pushes.get_or_create(&TypeLabel { r#type: "eds" }).inc_by(3);
+        m.pushes
+            .get_or_create(&TypeLabel { r#type: "eds" })
+            .inc_by(3);
         m.rejects.get_or_create(&TypeLabel { r#type: "lds" }).inc();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .unwrap_or_else(|e| panic!("encoding: {e}"));
-        assert!(text.contains("pilot_xds_pushes{type=\"eds\"} 3\n"), "{text}");
-        assert!(text.contains("pilot_total_xds_rejects{type=\"lds\"} 1\n"), "{text}");
+        assert!(
+            text.contains("pilot_xds_pushes{type=\"eds\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pilot_total_xds_rejects{type=\"lds\"} 1\n"),
+            "{text}"
+        );
         assert!(!text.contains("pilot_xds_pushes_total"), "{text}");
     }
 }
