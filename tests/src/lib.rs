@@ -6,6 +6,7 @@
 //! - [`controlplane`]: a real `straitd` on its own loopback address, and `straitctl` against it;
 //! - [`wait`]: [`eventually`] and [`assert_eventually!`], waiting on conditions instead of sleeps;
 //! - [`ports`]: free loopback ports and a loopback address per test (Istio's fixed ports side by side);
+//! - [`fixtures`]: shared config, e.g. the kitchen sink of every field straitd accepts;
 //! - [`envoy`]: a stock Envoy with an Istio-style bootstrap, and its admin API;
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client.
 
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod bins;
 pub mod controlplane;
 pub mod envoy;
+pub mod fixtures;
 pub mod ports;
 pub mod process;
 pub mod upstream;

@@ -317,6 +317,7 @@ pub(crate) fn bool_or(v: Option<protobuf::BoolValue>, default: bool) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

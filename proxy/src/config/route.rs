@@ -315,8 +315,8 @@ pub(crate) fn route_configuration(mut r: RouteConfiguration) -> Result<RouteConf
         }
         virtual_hosts.push(vh);
     }
-    index.suffixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
-    index.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    index.suffixes.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
+    index.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
     let validate_clusters = bool_or(r.validate_clusters.take(), false);
     nothing_else(&r)?;
     Ok(RouteConfig {

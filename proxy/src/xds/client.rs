@@ -61,11 +61,8 @@ pub(super) async fn run(
             delay = cfg.backoff.initial;
         }
         let wait = jitter(delay);
-        match &result {
-            Err(e) => {
-                tracing::warn!(address = %cfg.address, error = %e, retry_in_ms = wait.as_millis() as u64, "xDS stream down; serving the last good config")
-            }
-            Ok(()) => {}
+        if let Err(e) = &result {
+            tracing::warn!(address = %cfg.address, error = %e, retry_in_ms = wait.as_millis() as u64, "xDS stream down; serving the last good config");
         }
         delay = (delay * 2).min(cfg.backoff.max);
         tokio::select! {
