@@ -1,14 +1,23 @@
-//! strait-proxy. Today it runs as the agent beside a stock Envoy, as Istio's pilot-agent does:
-//! it obtains the workload certificate from the control plane's CA, rotates it, and serves it to
-//! Envoy over SDS on a Unix socket (`default` and `ROOTCA`).
+//! strait-proxy.
+//!
+//! - `run`: the sidecar itself: the workload certificate from the control plane's CA, xDS from
+//!   the control plane, listeners, mTLS, TCP and HTTP proxying, admin and health (see
+//!   `strait_proxy::app`). It can also serve the certificate over SDS.
+//! - `sds`: the agent beside a stock Envoy, as Istio's pilot-agent does: it obtains the
+//!   workload certificate, rotates it, and serves it to Envoy over SDS on a Unix socket
+//!   (`default` and `ROOTCA`).
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use strait_proto::identity::SpiffeId;
+use strait_proxy::app::{App, RunConfig};
 use strait_proxy::certs::{CaClientConfig, CertManager, CertManagerConfig, SdsServer};
+use strait_proxy::xds::{NodeInfo, XdsConfig};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Strait's data plane")]
@@ -17,34 +26,144 @@ struct Args {
     command: Command,
 }
 
+/// The CA and certificate flags `run` and `sds` share.
+#[derive(Debug, clap::Args)]
+struct CaArgs {
+    /// The CA: `https://<host>:15012` (the control plane, or the east-west gateway before it).
+    #[arg(long, env = "CA_ADDR")]
+    ca_address: String,
+    /// Name the CA's certificate must carry (default: Istio's `istiod.istio-system.svc`).
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    ca_server_name: String,
+    /// The mesh root certificate (PEM), the trust anchor for the CA and for peers.
+    #[arg(long)]
+    root_cert: PathBuf,
+    /// The bootstrap token file (re-read at each use, so a rotated token is picked up).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// This workload's identity, `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
+    #[arg(long)]
+    identity: SpiffeId,
+    /// Certificate lifetime to ask for, in seconds (the CA may shorten it).
+    #[arg(long, default_value_t = 24 * 3600)]
+    ttl_seconds: u64,
+    /// Where to keep the current certificate across restarts.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+}
+
+impl CaArgs {
+    fn manager_config(self, cluster: &str) -> CertManagerConfig {
+        let mut ca = CaClientConfig::new(self.ca_address, self.root_cert, cluster);
+        ca.server_name = Some(self.ca_server_name);
+        ca.token_file = self.token_file;
+        let mut config = CertManagerConfig::new(ca, self.identity);
+        config.ttl = Duration::from_secs(self.ttl_seconds);
+        config.cache_dir = self.cache_dir;
+        config
+    }
+}
+
+/// `run`'s flags.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The control plane's xDS: `http://<ip>:15010` or `https://<ip>:15012`.
+    #[arg(long, env = "XDS_ADDR")]
+    xds_address: String,
+    /// Name the control plane's certificate must carry, for `https://`.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    xds_server_name: String,
+    /// This workload's IP (in the node id).
+    #[arg(long, env = "INSTANCE_IP")]
+    node_ip: IpAddr,
+    /// Pod (or VM) name (in the node id).
+    #[arg(long, env = "POD_NAME")]
+    pod: String,
+    /// Namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Workload name (`WORKLOAD_NAME`, and the node cluster `<workload>.<namespace>`).
+    #[arg(long)]
+    workload: String,
+    /// Workload labels, `key=value`, repeated (`LABELS`).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// `INTERCEPTION_MODE`: NONE (explicit listeners; capture is not implemented yet).
+    #[arg(long, default_value = "NONE")]
+    interception_mode: String,
+    /// `CLUSTER_ID` (also sent to the CA).
+    #[arg(long, env = "ISTIO_META_CLUSTER_ID", default_value = "cluster1")]
+    cluster: String,
+    /// `NETWORK`.
+    #[arg(long, env = "ISTIO_META_NETWORK")]
+    network: Option<String>,
+    /// `MESH_ID`.
+    #[arg(long, default_value = "cluster.local")]
+    mesh_id: String,
+    /// The workload certificate (leave out `--ca-address` to run without mTLS).
+    #[command(flatten)]
+    ca: Option<CaArgs>,
+    /// Also serve the certificate over SDS on this socket.
+    #[arg(long)]
+    sds_socket: Option<PathBuf>,
+    /// Admin address (loopback; port 0 picks one, printed to the log).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin_address: SocketAddr,
+    /// Health address (`/healthz/ready`).
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    health_address: SocketAddr,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+impl RunArgs {
+    fn into_config(self) -> RunConfig {
+        let mut labels: BTreeMap<String, String> = self.labels.into_iter().collect();
+        labels
+            .entry("app".to_string())
+            .or_insert_with(|| self.workload.clone());
+        let id = format!(
+            "sidecar~{}~{}.{ns}~{ns}.svc.cluster.local",
+            self.node_ip,
+            self.pod,
+            ns = self.namespace
+        );
+        let mut node = NodeInfo::new(id, format!("{}.{}", self.workload, self.namespace))
+            .meta("CLUSTER_ID", self.cluster.as_str())
+            .meta("NAMESPACE", self.namespace.as_str())
+            .meta("LABELS", labels)
+            .meta("WORKLOAD_NAME", self.workload.as_str())
+            .meta("MESH_ID", self.mesh_id.as_str())
+            .meta("INTERCEPTION_MODE", self.interception_mode.as_str());
+        if let Some(n) = &self.network {
+            node = node.meta("NETWORK", n.as_str());
+        }
+        RunConfig {
+            xds: XdsConfig::new(self.xds_address, node),
+            xds_server_name: self.xds_server_name,
+            certs: self.ca.map(|ca| ca.manager_config(&self.cluster)),
+            sds_socket: self.sds_socket,
+            admin: self.admin_address,
+            health: self.health_address,
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the sidecar: xDS-configured listeners, mTLS, TCP and HTTP proxying.
+    Run(Box<RunArgs>),
     /// Serve this workload's certificate to a stock Envoy over SDS, renewing it at half-life.
     Sds {
-        /// The CA: `https://<host>:15012` (the control plane, or the east-west gateway before it).
-        #[arg(long, env = "CA_ADDR")]
-        ca_address: String,
-        /// Name the CA's certificate must carry (default: Istio's `istiod.istio-system.svc`).
-        #[arg(long, default_value = "istiod.istio-system.svc")]
-        ca_server_name: String,
-        /// The mesh root certificate (PEM), the trust anchor for the CA and for peers.
-        #[arg(long)]
-        root_cert: PathBuf,
-        /// The bootstrap token file (re-read at each use, so a rotated token is picked up).
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-        /// This workload's identity, `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
-        #[arg(long)]
-        identity: SpiffeId,
+        #[command(flatten)]
+        ca: CaArgs,
         /// The cluster id sent to the CA (`ClusterID`).
         #[arg(long, env = "ISTIO_META_CLUSTER_ID", default_value = "cluster1")]
         cluster: String,
-        /// Certificate lifetime to ask for, in seconds (the CA may shorten it).
-        #[arg(long, default_value_t = 24 * 3600)]
-        ttl_seconds: u64,
-        /// Where to keep the current certificate across restarts.
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
         /// The SDS socket Envoy's `sds-grpc` cluster points at.
         #[arg(long, default_value = "/var/run/strait/sds.sock")]
         sds_socket: PathBuf,
@@ -59,23 +178,27 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let Command::Sds {
-        ca_address,
-        ca_server_name,
-        root_cert,
-        token_file,
-        identity,
-        cluster,
-        ttl_seconds,
-        cache_dir,
-        sds_socket,
-    } = Args::parse().command;
-    let mut ca = CaClientConfig::new(ca_address, root_cert, cluster);
-    ca.server_name = Some(ca_server_name);
-    ca.token_file = token_file;
-    let mut config = CertManagerConfig::new(ca, identity);
-    config.ttl = Duration::from_secs(ttl_seconds);
-    config.cache_dir = cache_dir;
+    match Args::parse().command {
+        Command::Run(args) => run(*args).await,
+        Command::Sds {
+            ca,
+            cluster,
+            sds_socket,
+        } => sds(ca.manager_config(&cluster), sds_socket).await,
+    }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let app = App::start(args.into_config())
+        .await
+        .context("starting the proxy")?;
+    tracing::info!(admin = %app.bound.admin, health = %app.bound.health, "strait-proxy running");
+    shutdown_signal().await;
+    app.shutdown().await;
+    Ok(())
+}
+
+async fn sds(config: CertManagerConfig, sds_socket: PathBuf) -> anyhow::Result<()> {
     let (manager, certs) = CertManager::start(config)
         .await
         .context("obtaining the workload certificate")?;

@@ -1,0 +1,413 @@
+//! Envoy's HTTP connection manager and router: a hyper server per downstream connection
+//! (HTTP/1.1 and HTTP/2 by the chain's codec), then per request: path normalisation, HTTP
+//! RBAC, fault injection, route lookup (virtual host by authority, first matching route),
+//! weighted cluster choice, header rewriting, and forwarding on a pooled upstream connection
+//! within the route's timeout. Failures become Envoy's local replies ([`ProxyError`]).
+
+pub mod headers;
+pub mod pool;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HOST, HeaderValue, SERVER};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use rand::Rng;
+use strait_proto::identity::SpiffeId;
+use tokio::sync::watch;
+
+use crate::authz::{self, Authorizer, Normalized, PathNormalization};
+use crate::config::{
+    Codec, EscapedSlashes, FaultConfig, HttpConnectionManager, Route, RouteActionConfig,
+    RouteConfig,
+};
+use crate::error::ProxyError;
+use crate::listener::Context;
+use crate::tcp::choose_cluster;
+use crate::upstream::BoxIo;
+use headers::ClientCert;
+
+/// Response bodies, local or from upstream.
+pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Largest request header block (Envoy's `max_request_headers_kb` default: 60 KiB).
+const MAX_REQUEST_HEADERS: usize = 60 * 1024;
+/// Streams per downstream HTTP/2 connection (Envoy's default is higher; bounded here).
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// A client must send its headers within this long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The value of `server` on every response, as Envoy's `server_header_transformation:
+/// OVERWRITE` (its default, which straitd keeps) writes `envoy`.
+const SERVER_NAME: &str = "strait";
+
+/// One HTTP connection manager of one filter chain, compiled.
+#[derive(Debug)]
+pub struct HttpChain {
+    /// The listener's name (logs).
+    pub listener: Arc<str>,
+    /// The config.
+    pub hcm: HttpConnectionManager,
+    /// Its RBAC filters, in order.
+    pub rbac: Authorizer,
+    /// Its fault filter, if any (a route's own replaces it).
+    pub fault: Option<FaultConfig>,
+}
+
+/// What the connection tells about the client.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The address it connected to.
+    pub local: SocketAddr,
+    /// Its verified identity (mTLS).
+    pub peer_id: Option<SpiffeId>,
+    /// Its certificate, for `x-forwarded-client-cert`.
+    pub client_cert: Option<ClientCert>,
+    /// The SNI it sent.
+    pub sni: Option<String>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Serves HTTP on `io` until the client is done, or `drain` turns true (then in-flight
+/// requests finish, HTTP/1.1 gets `Connection: close` and HTTP/2 a GOAWAY).
+pub async fn serve(
+    io: BoxIo,
+    chain: Arc<HttpChain>,
+    down: Arc<Downstream>,
+    ctx: Arc<Context>,
+    mut drain: watch::Receiver<bool>,
+) {
+    let service = {
+        let chain = chain.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let (chain, down, ctx) = (chain.clone(), down.clone(), ctx.clone());
+            async move { Ok::<_, Infallible>(handle(req, &chain, &down, &ctx).await) }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_REQUEST_HEADERS as u32)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    let builder = match chain.hcm.codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = drained(&mut drain) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = %chain.listener, error = %e, "downstream HTTP connection ended");
+    }
+}
+
+/// Resolves when `drain` turns true (never, if its sender is gone without that).
+pub(crate) async fn drained(drain: &mut watch::Receiver<bool>) {
+    if drain.wait_for(|d| *d).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    chain: &HttpChain,
+    down: &Downstream,
+    ctx: &Context,
+) -> Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let result = forward(req, chain, down, ctx).await;
+    let (response, flag) = match result {
+        Ok(r) => (r, "-"),
+        Err(e) => {
+            tracing::debug!(listener = %chain.listener, error = %e, blame = ?e.blame(), "local reply");
+            (local_reply(e.status(), &e.body()), e.flag())
+        }
+    };
+    tracing::info!(
+        target: "access",
+        listener = %chain.listener,
+        %method,
+        path = %path,
+        status = response.status().as_u16(),
+        flags = flag,
+        peer = %down.peer,
+        principal = down.peer_id.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+        duration_ms = started.elapsed().as_millis() as u64,
+    );
+    response
+}
+
+/// Envoy's local reply: status, `text/plain` body, `server` header.
+pub fn local_reply(status: StatusCode, body: &str) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    if !body.is_empty() {
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain"),
+        );
+    }
+    r
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    chain: &HttpChain,
+    down: &Downstream,
+    ctx: &Context,
+) -> Result<Response<Body>, ProxyError> {
+    let authority = authority(&req)?;
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let how = PathNormalization {
+        normalize: chain.hcm.normalize_path,
+        merge_slashes: chain.hcm.merge_slashes,
+        escaped_slashes: match chain.hcm.escaped_slashes {
+            EscapedSlashes::KeepUnchanged => authz::EscapedSlashes::KeepUnchanged,
+            EscapedSlashes::Reject => authz::EscapedSlashes::Reject,
+            EscapedSlashes::UnescapeAndRedirect => authz::EscapedSlashes::UnescapeAndRedirect,
+            EscapedSlashes::UnescapeAndForward => authz::EscapedSlashes::UnescapeAndForward,
+        },
+    };
+    let path = match authz::normalize(target, how) {
+        Ok(Normalized::Forward(p)) => p,
+        Ok(Normalized::Redirect(p)) => {
+            let mut r = local_reply(StatusCode::TEMPORARY_REDIRECT, "");
+            if let Ok(v) = HeaderValue::from_str(&p.to_header()) {
+                r.headers_mut().insert(hyper::header::LOCATION, v);
+            }
+            return Ok(r);
+        }
+        Err(e) => return Err(ProxyError::BadRequest(e.to_string())),
+    };
+    let decision = chain
+        .rbac
+        .evaluate(&rbac_request(&req, &authority, &path, down));
+    if !decision.allowed {
+        let policy = decision.denied_by.and_then(|(_, p)| p);
+        tracing::debug!(listener = %chain.listener, ?policy, principal = ?down.peer_id, "RBAC denied");
+        return Err(ProxyError::RbacDenied { policy });
+    }
+    let config = ctx.config.borrow().clone();
+    let routes = config
+        .routes_for(&chain.hcm.routes)
+        .ok_or(ProxyError::NoRoute)?;
+    let route = select_route(&routes, &req, &authority, &path.path).ok_or(ProxyError::NoRoute)?;
+    if let Some(reply) = inject_fault(route.fault.as_ref().or(chain.fault.as_ref())).await {
+        return Ok(reply);
+    }
+    let forward = match &route.action {
+        RouteActionConfig::DirectResponse { status, body } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            return Ok(local_reply(status, body.as_deref().unwrap_or("")));
+        }
+        RouteActionConfig::Forward(f) => f,
+    };
+    let (cluster, endpoint) = ctx
+        .upstreams
+        .pick(&config, choose_cluster(&forward.target))?;
+    drop(config);
+    // The request as it goes upstream.
+    let h = req.headers_mut();
+    headers::strip_hop_by_hop(h);
+    headers::ensure_request_id(h);
+    if !h.contains_key("x-forwarded-proto") {
+        let proto = if down.tls { "https" } else { "http" };
+        h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    }
+    let by = ctx.certs.as_ref().map(|c| c.identity().to_string());
+    headers::forward_client_cert(
+        h,
+        chain.hcm.forward_client_cert,
+        chain.hcm.client_cert_details,
+        down.client_cert.as_ref(),
+        by.as_deref(),
+    );
+    let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
+    *req.uri_mut() = upstream_uri(&authority, &path.to_header(), h2)?;
+    *req.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
+    if h2 {
+        req.headers_mut().remove(HOST);
+    } else if let Ok(v) = HeaderValue::from_str(&authority) {
+        req.headers_mut().insert(HOST, v);
+    }
+    let req = req.map(|b| b.boxed_unsync());
+    let send = ctx.pool.send(&ctx.upstreams, &cluster, &endpoint, req);
+    let response = match forward.timeout {
+        Some(t) => tokio::time::timeout(t, send)
+            .await
+            .map_err(|_| ProxyError::Timeout)??,
+        None => send.await?,
+    };
+    let mut response = response.map(|b| b.boxed_unsync());
+    let h = response.headers_mut();
+    headers::strip_hop_by_hop(h);
+    h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+    Ok(response)
+}
+
+/// `:authority` (HTTP/2, absolute-form) or `Host`.
+fn authority(req: &Request<Incoming>) -> Result<String, ProxyError> {
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str().to_string());
+    }
+    req.headers()
+        .get(HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ProxyError::BadRequest("no Host header".into()))
+}
+
+/// The host of an authority without its port (`[v6]:p` → `[v6]`), for virtual host lookup.
+pub fn strip_port(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority.find(']').map_or(authority, |i| &authority[..=i]);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    }
+}
+
+/// The virtual host for the authority as sent (Envoy's matching; Istio lists `host` and
+/// `host:port`) or, when that finds only the catch-all, without its port; then its first
+/// matching route.
+fn select_route<'a>(
+    routes: &'a RouteConfig,
+    req: &Request<Incoming>,
+    authority: &str,
+    path: &str,
+) -> Option<&'a Route> {
+    let catch_all = |v: &crate::config::VirtualHost| v.domains.iter().any(|d| d == "*");
+    let vh = match (
+        routes.virtual_host(authority),
+        routes.virtual_host(strip_port(authority)),
+    ) {
+        (Some(a), Some(b)) if catch_all(a) && !catch_all(b) => b,
+        (Some(a), _) => a,
+        (None, b) => b?,
+    };
+    let method = req.method().as_str();
+    let headers = req.headers();
+    vh.routes.iter().find(|r| {
+        r.r#match.matches(path, |name| match name {
+            ":method" => Some(method),
+            ":authority" => Some(authority),
+            ":path" => Some(path),
+            _ => headers.get(name).and_then(|v| v.to_str().ok()),
+        })
+    })
+}
+
+fn rbac_request(
+    req: &Request<Incoming>,
+    authority: &str,
+    path: &authz::NormalizedPath,
+    down: &Downstream,
+) -> authz::Request {
+    let mut r = authz::Request::connection(
+        down.peer_id.clone(),
+        down.peer.ip(),
+        down.local.ip(),
+        down.local.port(),
+    );
+    r.requested_server_name = down.sni.clone();
+    r.with_http(authz::HttpRequest {
+        method: req.method().as_str().to_string(),
+        path: path.clone(),
+        authority: authority.to_string(),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// HTTP/2 needs scheme and authority in the URI; HTTP/1.1 is sent in origin form.
+fn upstream_uri(authority: &str, path: &str, h2: bool) -> Result<Uri, ProxyError> {
+    let s = if h2 {
+        format!("http://{authority}{path}")
+    } else {
+        path.to_string()
+    };
+    s.parse()
+        .map_err(|_| ProxyError::BadRequest(format!("cannot forward to {s:?}")))
+}
+
+/// The fault filter: delay, then abort, each for its share of requests.
+async fn inject_fault(fault: Option<&FaultConfig>) -> Option<Response<Body>> {
+    let fault = fault?;
+    if let Some(d) = fault.delay
+        && d.percentage.hit(rand::rng().random_range(0..1_000_000))
+    {
+        tokio::time::sleep(d.delay).await;
+    }
+    let abort = fault.abort?;
+    if !abort.percentage.hit(rand::rng().random_range(0..1_000_000)) {
+        return None;
+    }
+    let status = StatusCode::from_u16(abort.http_status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    Some(local_reply(status, "fault filter abort"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped_for_virtual_hosts() {
+        assert_eq!(strip_port("httpbin:8000"), "httpbin");
+        assert_eq!(strip_port("httpbin"), "httpbin");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn upstream_uris() -> Result<(), ProxyError> {
+        assert_eq!(upstream_uri("a:1", "/x?y", false)?.to_string(), "/x?y");
+        assert_eq!(upstream_uri("a:1", "/x", true)?.to_string(), "http://a:1/x");
+        Ok(())
+    }
+}

@@ -1,0 +1,127 @@
+//! One accepted connection: inspect, choose the chain, terminate TLS, enforce network RBAC,
+//! then hand over to tcp_proxy or the HTTP connection manager. A plain
+//! `accept → inspect → authorize → proxy` function, as the style guide asks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::chain::{self, Facts};
+use super::{Compiled, Context, Terminal};
+use crate::authz;
+use crate::http::headers::ClientCert;
+use crate::http::{self, Downstream};
+use crate::tcp;
+use crate::upstream::BoxIo;
+
+/// How long the TLS inspector waits for a ClientHello (Envoy's `listener_filters_timeout`).
+const INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Compiled>,
+    ctx: Arc<Context>,
+    drain: watch::Receiver<bool>,
+) {
+    let name = listener.name.clone();
+    let local = match tcp.local_addr() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let _ = tcp.set_nodelay(true);
+    let detected = if listener.spec.tls_inspector {
+        match crate::tls::detect(&tcp, INSPECT_TIMEOUT).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::debug!(listener = %name, %peer, error = %e, "connection lost during TLS inspection");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let facts = Facts::new(local.port(), detected.as_ref());
+    let Some(chain) = chain::select(&listener.spec, &facts).and_then(|i| listener.chains.get(i))
+    else {
+        tracing::debug!(listener = %name, %peer, ?facts, "no filter chain matches; closing");
+        return;
+    };
+    if let Some(reason) = &chain.refuse {
+        // Fail closed: a chain whose policy or TLS cannot be enforced takes no traffic.
+        tracing::warn!(listener = %name, chain = %chain.name, %peer, %reason, "refusing a connection: its filter chain cannot be enforced");
+        return;
+    }
+    let (io, peer_id, client_cert): (BoxIo, _, _) = match &chain.tls {
+        None => (Box::new(tcp), None, None),
+        Some(server) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, server.accept(tcp)).await {
+            Ok(Ok((stream, id))) => {
+                let cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|der| client_cert(der.as_ref(), id.as_ref()));
+                (Box::new(stream), id, cert)
+            }
+            Ok(Err(e)) => {
+                tracing::info!(listener = %name, chain = %chain.name, %peer, error = %e, "downstream TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(listener = %name, chain = %chain.name, %peer, "downstream TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    let sni = detected.and_then(|d| d.sni);
+    let mut request =
+        authz::Request::connection(peer_id.clone(), peer.ip(), local.ip(), local.port());
+    request.requested_server_name = sni.clone();
+    let decision = chain.rbac.evaluate(&request);
+    if !decision.allowed {
+        // Envoy's network RBAC closes the connection.
+        tracing::info!(listener = %name, chain = %chain.name, %peer, principal = ?peer_id, denied_by = ?decision.denied_by, "network RBAC denied the connection");
+        return;
+    }
+    match &chain.terminal {
+        Terminal::Tcp(t) => {
+            if let Err(e) = tcp::proxy(io, t, &ctx.config, &ctx.upstreams, &ctx.tcp).await {
+                tracing::info!(listener = %name, chain = %chain.name, %peer, error = %e, blame = ?e.blame(), flag = e.flag(), "tcp_proxy failed");
+            }
+        }
+        Terminal::Http(h) => {
+            let down = Downstream {
+                peer,
+                local,
+                tls: chain.tls.is_some(),
+                peer_id,
+                client_cert,
+                sni,
+            };
+            http::serve(io, h.clone(), Arc::new(down), ctx, drain).await;
+        }
+    }
+}
+
+/// What `x-forwarded-client-cert` says of a client certificate.
+fn client_cert(der: &[u8], id: Option<&strait_proto::identity::SpiffeId>) -> ClientCert {
+    let hash = ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let subject = x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c.subject().to_string())
+        .unwrap_or_default();
+    ClientCert {
+        hash,
+        subject,
+        uri: id.map(|i| i.to_string()).unwrap_or_default(),
+    }
+}
