@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod ca;
 pub mod cli;
+pub mod dns;
 pub mod identity;
 pub mod model;
 pub mod store;
