@@ -17,6 +17,7 @@ use crate::api;
 use crate::ca::token::DEFAULT_AUDIENCE;
 use crate::ca::tokenreview::{self, TokenReviewer};
 use crate::identity::{self, Identity};
+use crate::model::mesh::ExportDefault;
 use crate::store::{ConfigStore, MemoryStore, SledStore};
 use crate::xds::connection::Shared;
 use crate::xds::metrics::Metrics;
@@ -50,6 +51,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// How long one TokenReview may take.
     pub token_review_timeout: Duration,
+    /// Which services the east-west gateway exports when their ServiceEntry does not say.
+    pub export_default: ExportDefault,
 }
 
 impl Default for Config {
@@ -66,6 +69,7 @@ impl Default for Config {
             ca_dir: None,
             kubeconfig: None,
             token_review_timeout: tokenreview::DEFAULT_TIMEOUT,
+            export_default: ExportDefault::All,
             debounce: Debounce {
                 quiet: Duration::from_millis(20),
                 max: Duration::from_millis(200),
@@ -115,7 +119,8 @@ impl App {
                 Arc::new(MemoryStore::new())
             }
         };
-        let first = push::build(store.as_ref(), &config.network).context("reading the store")?;
+        let first = push::build(store.as_ref(), &config.network, config.export_default)
+            .context("reading the store")?;
         tracing::info!(
             revision = first.version,
             services = first.mesh.services.len(),
@@ -162,6 +167,7 @@ impl App {
         tasks.spawn(push::run(
             store.clone(),
             config.network.clone(),
+            config.export_default,
             snap_tx,
             config.debounce,
         ));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use strait_controlplane::app::{App, Config, HTTP_PORT, TLS_PORT, XDS_PLAINTEXT_PORT, log_filter};
+use strait_controlplane::model::mesh::ExportDefault;
 use strait_controlplane::xds::push::Debounce;
 
 /// Strait control plane (universal mode).
@@ -62,6 +63,11 @@ struct Args {
     /// Longest a push may be delayed by a continuing burst, in milliseconds.
     #[arg(long, default_value_t = 200)]
     debounce_max_ms: u64,
+    /// Which services other networks reach through this network's east-west gateway when their
+    /// ServiceEntry has no `networking.strait.io/export` label: `all` (Istio's passthrough
+    /// exports every service) or `none`.
+    #[arg(long, env = "STRAIT_EXPORT_DEFAULT", default_value = "all", value_parser = ["all", "none"])]
+    export_default: String,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -83,6 +89,11 @@ async fn main() -> anyhow::Result<()> {
         ca_dir: args.ca_dir,
         kubeconfig: args.kubeconfig,
         token_review_timeout: Duration::from_millis(args.token_review_timeout_ms.max(1)),
+        export_default: if args.export_default == "none" {
+            ExportDefault::None
+        } else {
+            ExportDefault::All
+        },
         debounce: Debounce {
             quiet: Duration::from_millis(args.debounce_ms),
             max: Duration::from_millis(args.debounce_max_ms.max(args.debounce_ms)),

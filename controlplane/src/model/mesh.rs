@@ -24,6 +24,33 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// `exportTo` of the ServiceEntry; empty means visible everywhere.
     pub export_to: Vec<String>,
+    /// Whether other networks may reach it through this network's east-west gateway: the
+    /// ServiceEntry's [`EXPORT_LABEL`]; `None` leaves it to [`Mesh::export_default`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<bool>,
+}
+
+/// ServiceEntry label that exports a service to other networks (`"true"`) or keeps it inside its
+/// own (`"false"`), overriding the mesh-wide default.
+pub const EXPORT_LABEL: &str = "networking.strait.io/export";
+
+/// Which services other networks reach through the east-west gateway when a ServiceEntry does
+/// not say ([`EXPORT_LABEL`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportDefault {
+    /// Every service (Istio's AUTO_PASSTHROUGH exports every `*.local` name).
+    #[default]
+    All,
+    /// Only services labelled `networking.strait.io/export: "true"`.
+    None,
+}
+
+impl Service {
+    /// Whether the east-west gateway may route to it from other networks.
+    pub fn exported(&self, default: ExportDefault) -> bool {
+        self.export.unwrap_or(default == ExportDefault::All)
+    }
 }
 
 /// One workload instance behind a service.
@@ -68,6 +95,8 @@ pub struct Mesh {
     pub sidecars: Vec<Config<Sidecar>>,
     pub peer_authentications: Vec<Config<PeerAuthentication>>,
     pub authorization_policies: Vec<Config<AuthorizationPolicy>>,
+    /// Export of services whose ServiceEntry has no [`EXPORT_LABEL`] (straitd `--export-default`).
+    pub export_default: ExportDefault,
 }
 
 impl Mesh {
@@ -111,6 +140,7 @@ impl Mesh {
                             resolution: se.resolution,
                             endpoints: endpoints.clone(),
                             export_to: se.export_to.clone(),
+                            export: r.meta.labels.get(EXPORT_LABEL).and_then(|v| v.parse().ok()),
                         };
                         mesh.add_service(svc);
                     }
@@ -154,6 +184,11 @@ impl Mesh {
                     }
                 }
                 merged.endpoints.extend(svc.endpoints);
+                // Several ServiceEntries for one host: any "false" keeps it in, else any "true".
+                merged.export = match (merged.export, svc.export) {
+                    (Some(false), _) | (_, Some(false)) => Some(false),
+                    (a, b) => a.or(b),
+                };
             }
         }
     }
@@ -195,6 +230,12 @@ fn endpoint(we: &WorkloadEntry, source: String) -> Endpoint {
 }
 
 impl Mesh {
+    /// Sets the export of services whose ServiceEntry does not say (straitd `--export-default`).
+    pub fn with_export_default(mut self, default: ExportDefault) -> Mesh {
+        self.export_default = default;
+        self
+    }
+
     /// Endpoints that name no network are on the control plane's own network (as in Istio, where
     /// a WorkloadEntry without `network` joins the cluster's default network).
     pub fn with_default_network(mut self, network: &str) -> Mesh {

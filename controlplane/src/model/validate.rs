@@ -18,6 +18,15 @@ pub fn resource(r: &Resource) -> Result {
         bounded("metadata.labels", k, 317)?;
         bounded(&format!("metadata.labels.{k}"), v, 4096)?;
     }
+    if let Some(v) = r.meta.labels.get(super::mesh::EXPORT_LABEL)
+        && v != "true"
+        && v != "false"
+    {
+        return err(
+            format!("metadata.labels.{}", super::mesh::EXPORT_LABEL),
+            format!("{v:?} is neither \"true\" nor \"false\""),
+        );
+    }
     match &r.spec {
         Spec::ServiceEntry(s) => service_entry(s),
         Spec::WorkloadEntry(s) => workload_entry("spec", s),

@@ -38,7 +38,14 @@ pub struct Proxy {
     /// The mesh's trust domain as this proxy knows it (node metadata `TRUST_DOMAIN`, else
     /// `cluster.local`): the `spiffe://<trust domain>/…` identities its TLS contexts expect.
     pub trust_domain: String,
+    /// An east-west gateway's listener address instead of `0.0.0.0` (node metadata
+    /// [`GATEWAY_BIND_META`]), so several gateways can share one machine in tests.
+    pub gateway_bind: Option<IpAddr>,
 }
+
+/// Node metadata key (env `ISTIO_META_STRAIT_GATEWAY_BIND` in Istio's agent convention): the IP
+/// an east-west gateway's 15443 listener binds instead of `0.0.0.0`.
+pub const GATEWAY_BIND_META: &str = "STRAIT_GATEWAY_BIND";
 
 impl Proxy {
     pub fn from_node(node: &Node) -> Result<Proxy, Error> {
@@ -80,6 +87,14 @@ impl Proxy {
             .filter(|s| !s.is_empty())
             .or_else(|| labels.get(strait_proto::locality::LABEL_NETWORK).cloned())
             .unwrap_or_default();
+        let gateway_bind = match string(GATEWAY_BIND_META).as_str() {
+            "" => None,
+            ip => Some(ip.parse::<IpAddr>().map_err(|_| {
+                Error::BadNode(format!(
+                    "node.metadata.{GATEWAY_BIND_META}: {ip:?} is not an IP address"
+                ))
+            })?),
+        };
         Ok(Proxy {
             id: node.id.clone(),
             node_type: id.node_type(),
@@ -93,6 +108,7 @@ impl Proxy {
             locality,
             interception,
             trust_domain,
+            gateway_bind,
         })
     }
 }

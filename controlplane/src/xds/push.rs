@@ -8,7 +8,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 
 use super::snapshot::Snapshot;
-use crate::model::mesh::Mesh;
+use crate::model::mesh::{ExportDefault, Mesh};
 use crate::store::{ConfigStore, StoreError};
 
 /// How long to wait for a burst of changes to end, and the most a push may be delayed.
@@ -19,12 +19,18 @@ pub struct Debounce {
 }
 
 /// Builds a snapshot of the store as it is now.
-pub fn build(store: &dyn ConfigStore, network: &str) -> Result<Snapshot, StoreError> {
+pub fn build(
+    store: &dyn ConfigStore,
+    network: &str,
+    export: ExportDefault,
+) -> Result<Snapshot, StoreError> {
     let revision = store.revision();
     let resources = store.list(None, None)?;
     Ok(Snapshot::new(
         revision,
-        Mesh::build(&resources).with_default_network(network),
+        Mesh::build(&resources)
+            .with_default_network(network)
+            .with_export_default(export),
     ))
 }
 
@@ -33,6 +39,7 @@ pub fn build(store: &dyn ConfigStore, network: &str) -> Result<Snapshot, StoreEr
 pub async fn run(
     store: Arc<dyn ConfigStore>,
     network: String,
+    export: ExportDefault,
     tx: watch::Sender<Arc<Snapshot>>,
     debounce: Debounce,
 ) {
@@ -53,7 +60,7 @@ pub async fn run(
         }
         revisions.borrow_and_update();
         let (s, n) = (store.clone(), network.clone());
-        match tokio::task::spawn_blocking(move || build(s.as_ref(), &n)).await {
+        match tokio::task::spawn_blocking(move || build(s.as_ref(), &n, export)).await {
             Ok(Ok(snapshot)) => {
                 tracing::info!(
                     version = snapshot.version,

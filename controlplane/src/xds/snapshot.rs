@@ -98,6 +98,7 @@ fn cache_key(type_url: &str, proxy: &Proxy, names: &[String]) -> u64 {
     proxy.interception.hash(&mut h);
     proxy.node_type.as_str().hash(&mut h);
     proxy.trust_domain.hash(&mut h);
+    proxy.gateway_bind.hash(&mut h);
     if is_named_type(type_url) {
         names.hash(&mut h);
     }

@@ -14,6 +14,7 @@
 mod authn;
 mod cds;
 mod eds;
+pub mod gateway;
 mod inbound;
 mod lds;
 mod locality;
@@ -59,17 +60,26 @@ const DEFAULT_CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 /// DestinationRule subset; then `inbound|<port>||` per inbound listener, `BlackHoleCluster` and
 /// `PassthroughCluster`.
 pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Cluster> {
+    if gateway::is_eastwest_gateway(proxy) {
+        return gateway::clusters(mesh, proxy);
+    }
     cds::clusters(&Scope::new(mesh, proxy))
 }
 
 /// Endpoint assignments for the requested EDS cluster names. A name we do not know, or that has
 /// no reachable endpoints, gets an empty assignment (never omitted).
 pub fn endpoints(mesh: &Mesh, proxy: &Proxy, names: &[String]) -> Vec<ClusterLoadAssignment> {
+    if gateway::is_eastwest_gateway(proxy) {
+        return gateway::endpoints(mesh, proxy, names);
+    }
     eds::endpoints(&Scope::new(mesh, proxy), names)
 }
 
 /// Names of the EDS clusters that [`clusters`] emits.
 pub fn all_endpoint_names(mesh: &Mesh, proxy: &Proxy) -> Vec<String> {
+    if gateway::is_eastwest_gateway(proxy) {
+        return gateway::endpoint_names(mesh, proxy);
+    }
     cds::eds_cluster_names(&Scope::new(mesh, proxy))
 }
 
@@ -77,11 +87,17 @@ pub fn all_endpoint_names(mesh: &Mesh, proxy: &Proxy) -> Vec<String> {
 /// listener bound to its address (no capture); then the inbound listeners of Sidecar `ingress`
 /// (no capture).
 pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Listener> {
+    if gateway::is_eastwest_gateway(proxy) {
+        return gateway::listeners(mesh, proxy);
+    }
     lds::listeners(&Scope::new(mesh, proxy))
 }
 
 /// Route configurations for the requested names; an unknown name gets an empty configuration.
 pub fn routes(mesh: &Mesh, proxy: &Proxy, names: &[String]) -> Vec<RouteConfiguration> {
+    if gateway::is_eastwest_gateway(proxy) {
+        return gateway::routes(names);
+    }
     rds::routes(&Scope::new(mesh, proxy), names)
 }
 

@@ -39,6 +39,7 @@ pub(super) fn proxy() -> Proxy {
         locality: "r1/z1/s1".parse().unwrap(),
         interception: Interception::Redirect,
         trust_domain: "cluster.local".to_string(),
+        gateway_bind: None,
     }
 }
 
