@@ -30,8 +30,12 @@ pub struct EchoServer {
     name: String,
     addr: SocketAddr,
     requests: Arc<AtomicU64>,
+    last_headers: Headers,
     task: JoinHandle<()>,
 }
+
+/// The headers of the last request an [`EchoServer`] received (names lowercase).
+type Headers = Arc<std::sync::Mutex<Vec<(String, String)>>>;
 
 impl EchoServer {
     /// Starts an echo server on a free port of 127.0.0.1.
@@ -46,11 +50,18 @@ impl EchoServer {
             .with_context(|| format!("echo server {name}: binding {addr}"))?;
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(serve(listener, name.to_owned(), requests.clone()));
+        let last_headers = Headers::default();
+        let task = tokio::spawn(serve(
+            listener,
+            name.to_owned(),
+            requests.clone(),
+            last_headers.clone(),
+        ));
         Ok(Self {
             name: name.to_owned(),
             addr,
             requests,
+            last_headers,
             task,
         })
     }
@@ -74,6 +85,16 @@ impl EchoServer {
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
     }
+
+    /// The first value of header `name` in the last request received.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        self.last_headers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
 }
 
 impl Drop for EchoServer {
@@ -83,7 +104,12 @@ impl Drop for EchoServer {
     }
 }
 
-async fn serve(listener: TcpListener, name: String, requests: Arc<AtomicU64>) {
+async fn serve(
+    listener: TcpListener,
+    name: String,
+    requests: Arc<AtomicU64>,
+    last_headers: Headers,
+) {
     let body = Bytes::from(format!("upstream={name}"));
     let name = Arc::new(name);
     let mut conns = JoinSet::new();
@@ -99,8 +125,22 @@ async fn serve(listener: TcpListener, name: String, requests: Arc<AtomicU64>) {
                     }
                 };
                 let (body, name, requests) = (body.clone(), name.clone(), requests.clone());
-                let service = service_fn(move |_req: Request<Incoming>| {
+                let last_headers = last_headers.clone();
+                let service = service_fn(move |req: Request<Incoming>| {
                     requests.fetch_add(1, Ordering::SeqCst);
+                    let headers = req
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| {
+                            (
+                                n.as_str().to_owned(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect();
+                    *last_headers
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = headers;
                     let response = Response::builder()
                         .status(200)
                         .header(CONTENT_TYPE, "text/plain")
