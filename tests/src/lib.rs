@@ -8,12 +8,14 @@
 //! - [`ports`]: free loopback ports and a loopback address per test (Istio's fixed ports side by side);
 //! - [`fixtures`]: shared config, e.g. the kitchen sink of every field straitd accepts;
 //! - [`envoy`]: a stock Envoy with an Istio-style bootstrap, and its admin API;
+//! - [`mesh`]: a small mTLS mesh whose sidecars are stock Envoys or strait-proxy (conformance);
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client.
 
 pub mod agent;
 pub mod bins;
 pub mod controlplane;
 pub mod envoy;
+pub mod mesh;
 pub mod fixtures;
 pub mod ports;
 pub mod process;
