@@ -160,7 +160,7 @@ enum Command {
     /// Serve this workload's certificate to a stock Envoy over SDS, renewing it at half-life.
     Sds {
         #[command(flatten)]
-        ca: CaArgs,
+        ca: Box<CaArgs>,
         /// The cluster id sent to the CA (`ClusterID`).
         #[arg(long, env = "ISTIO_META_CLUSTER_ID", default_value = "cluster1")]
         cluster: String,

@@ -75,10 +75,10 @@ pub fn select(listener: &Listener, facts: &Facts) -> Option<usize> {
 
 /// Keeps the chains whose field matches (`Some(true)`) if any, else those that leave it empty
 /// (`None`).
-fn narrow<'a>(
-    chains: Vec<(usize, &'a FilterChainMatch)>,
+fn narrow(
+    chains: Vec<(usize, &FilterChainMatch)>,
     test: impl Fn(&FilterChainMatch) -> Option<bool>,
-) -> Vec<(usize, &'a FilterChainMatch)> {
+) -> Vec<(usize, &FilterChainMatch)> {
     let specific: Vec<_> = chains
         .iter()
         .filter(|(_, m)| test(m) == Some(true))
