@@ -4,7 +4,9 @@
 /// for the address bound listeners use (replace it with straitd's IP). For a sidecar in namespace
 /// `bound` with `INTERCEPTION_MODE: NONE` it yields bound outbound listeners (HTTP by RDS, TCP),
 /// inbound listeners under STRICT, PERMISSIVE and DISABLE with RBAC, and EDS, STATIC, DNS and
-/// ORIGINAL_DST clusters with subsets, outlier detection, limits and auto-mTLS.
+/// ORIGINAL_DST clusters with subsets, outlier detection, limits and auto-mTLS. For a captured
+/// sidecar labelled `app: productpage` in `default` it yields `virtualInbound` with STRICT,
+/// PERMISSIVE and DISABLE ports (the last only named by `portLevelMtls`) under RBAC.
 pub const KITCHEN_SINK: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -212,6 +214,33 @@ apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: nothing, namespace: istio-system}
 spec: {selector: {matchLabels: {app: nobody}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: productpage, namespace: default}
+spec:
+  hosts: [productpage.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: http, protocol: HTTP, targetPort: 19080}, {number: 9306, name: tcp-db, protocol: TCP}]
+  workloadSelector: {labels: {app: productpage}}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: productpage, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  portLevelMtls: {9306: {mode: PERMISSIVE}, 8443: {mode: DISABLE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: productpage, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  rules:
+  - from: [{source: {namespaces: [default]}}]
+    to: [{operation: {methods: [GET], ports: ["19080"]}}]
+  - to: [{operation: {ports: ["9306", "8443"]}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: Sidecar

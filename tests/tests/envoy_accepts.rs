@@ -1,6 +1,6 @@
 //! Envoy is the judge of our xDS: every field straitd accepts, in one config, is generated into
-//! xDS that a stock Envoy ACKs — for a capture-mode sidecar (virtualOutbound on 15001) and for a
-//! sidecar without capture — over both ADS flavours.
+//! xDS that a stock Envoy ACKs — for a capture-mode sidecar (virtualOutbound on 15001,
+//! virtualInbound on 15006) and for a sidecar without capture — over both ADS flavours.
 
 use std::time::Duration;
 
@@ -86,6 +86,31 @@ async fn judge(mode: XdsMode, namespace: &str, interception: &str) -> Result<()>
         !clusters.contains("198.18.1.3"),
         "an endpoint of another network reached this proxy"
     );
+    if interception != "NONE" {
+        // Inbound capture: `virtualInbound` on 15006 is ACKed and active (warmed: its
+        // certificates arrived), and so are the clusters behind it.
+        let envoy = &envoy;
+        eventually(
+            "virtualInbound active",
+            Duration::from_secs(10),
+            || async move {
+                let listeners = envoy.admin_get("/listeners").await?;
+                ensure!(
+                    listeners.contains("virtualInbound::0.0.0.0:15006"),
+                    "listeners: {listeners}"
+                );
+                Ok(())
+            },
+        )
+        .await?;
+        for name in [
+            "inbound|19080||",
+            "inbound|9306||",
+            "InboundPassthroughCluster",
+        ] {
+            ensure!(clusters.contains(name), "Envoy lacks cluster {name}");
+        }
+    }
     Ok(())
 }
 
@@ -99,7 +124,8 @@ async fn envoy_acks_everything_without_capture_over_sotw() -> Result<()> {
     judge(XdsMode::Sotw, "bound", "NONE").await
 }
 
-/// The capture-mode shape binds 0.0.0.0:15001 as Istio's does; only this test uses it.
+/// The capture-mode shape binds 0.0.0.0:15001 and 0.0.0.0:15006 as Istio's does; only this test
+/// uses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_acks_everything_in_capture_mode() -> Result<()> {
     judge(XdsMode::Delta, "default", "REDIRECT").await

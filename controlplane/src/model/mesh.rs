@@ -24,6 +24,10 @@ pub struct Service {
     pub endpoints: Vec<Endpoint>,
     /// `exportTo` of the ServiceEntry; empty means visible everywhere.
     pub export_to: Vec<String>,
+    /// `workloadSelector.labels` of the ServiceEntries behind this host: the workloads (in the
+    /// service's namespace) that serve it, which is how a sidecar learns its inbound ports.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workload_selectors: Vec<Labels>,
     /// Whether other networks may reach it through this network's east-west gateway: the
     /// ServiceEntry's [`EXPORT_LABEL`]; `None` leaves it to [`Mesh::export_default`].
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -140,6 +144,11 @@ impl Mesh {
                             resolution: se.resolution,
                             endpoints: endpoints.clone(),
                             export_to: se.export_to.clone(),
+                            workload_selectors: se
+                                .workload_selector
+                                .iter()
+                                .map(|w| w.labels.clone())
+                                .collect(),
                             export: r.meta.labels.get(EXPORT_LABEL).and_then(|v| v.parse().ok()),
                         };
                         mesh.add_service(svc);
@@ -189,6 +198,7 @@ impl Mesh {
                     (Some(false), _) | (_, Some(false)) => Some(false),
                     (a, b) => a.or(b),
                 };
+                merged.workload_selectors.extend(svc.workload_selectors);
             }
         }
     }

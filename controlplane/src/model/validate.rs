@@ -65,15 +65,18 @@ pub fn warnings(r: &Resource) -> Vec<String> {
                 }
             }
         }
+        // Captured workloads (virtualInbound on 15006) enforce both kinds on every port; what
+        // is left is the uncaptured proxy's blind spot and the passthrough chains' missing
+        // HTTP sniffing.
         Spec::PeerAuthentication(_) | Spec::AuthorizationPolicy(_) => out.push(format!(
-            "{} {}: enforced only where a Sidecar declares `ingress` listeners that are not \
-             captured (the proxy sets INTERCEPTION_MODE NONE, as on VMs, or the listener sets \
-             captureMode: NONE); workloads whose inbound traffic iptables captures (port 15006) \
-             accept it unchecked until capture-mode inbound arrives with the proxy release{}",
+            "{} {}: a proxy without capture (INTERCEPTION_MODE NONE, as on VMs) enforces it only \
+             on the ports its Sidecar declares as `ingress` listeners; connections to other ports \
+             of such a workload never meet the proxy{}",
             r.kind(),
             r.meta.name,
-            if matches!(r.spec, Spec::PeerAuthentication(_)) {
-                ". Clients already honour DISABLE (they send plaintext to that workload's port)"
+            if matches!(r.spec, Spec::AuthorizationPolicy(_)) {
+                ". On ports no service or Sidecar declares, captured traffic is authorized as TCP \
+                 (no HTTP sniffing): ALLOW rules that name methods or paths allow nothing there"
             } else {
                 ""
             }

@@ -23,6 +23,45 @@ pub enum Mode {
 
 /// The mode for `port` of a workload in `namespace` with `labels`.
 pub(super) fn mode(mesh: &Mesh, namespace: &str, labels: &Labels, port: u32) -> Mode {
+    resolve(mesh, namespace, labels, Some(port))
+}
+
+/// The mode of the workload's ports that no port-level setting names: what Istio's inbound
+/// passthrough chains (ports no service declares) accept.
+pub(super) fn workload_mode(mesh: &Mesh, namespace: &str, labels: &Labels) -> Mode {
+    resolve(mesh, namespace, labels, None)
+}
+
+/// The ports the workload's own policy gives a mode of their own (`portLevelMtls`), sorted.
+pub(super) fn port_level_ports(mesh: &Mesh, namespace: &str, labels: &Labels) -> Vec<u32> {
+    workload_policy(mesh, namespace, labels)
+        .map(|w| w.port_level_mtls.keys().copied().collect())
+        .unwrap_or_default()
+}
+
+/// The first policy of the workload's namespace whose selector it matches.
+fn workload_policy<'a>(
+    mesh: &'a Mesh,
+    namespace: &str,
+    labels: &Labels,
+) -> Option<&'a PeerAuthentication> {
+    // In the root namespace a policy with a selector is never workload-level (Istio ignores it).
+    if namespace == ROOT_NAMESPACE {
+        return None;
+    }
+    mesh.peer_authentications
+        .iter()
+        .filter(|p| p.meta.namespace == namespace && has_selector(p))
+        .find(|p| {
+            p.spec
+                .selector
+                .as_ref()
+                .is_some_and(|s| selects(&s.match_labels, labels))
+        })
+        .map(|p| &p.spec)
+}
+
+fn resolve(mesh: &Mesh, namespace: &str, labels: &Labels, port: Option<u32>) -> Mode {
     let policies = &mesh.peer_authentications;
     let without_selector = |ns: &str| {
         policies
@@ -31,31 +70,17 @@ pub(super) fn mode(mesh: &Mesh, namespace: &str, labels: &Labels, port: u32) -> 
             .map(|p| &p.spec)
     };
     let mesh_wide = without_selector(ROOT_NAMESPACE);
-    // In the root namespace a policy without selector is the mesh-wide one, and one with a
-    // selector is never workload-level (Istio ignores it).
+    // In the root namespace a policy without selector is the mesh-wide one.
     let namespace_wide = (namespace != ROOT_NAMESPACE)
         .then(|| without_selector(namespace))
         .flatten();
-    let workload = (namespace != ROOT_NAMESPACE)
-        .then(|| {
-            policies
-                .iter()
-                .filter(|p| p.meta.namespace == namespace && has_selector(p))
-                .find(|p| {
-                    p.spec
-                        .selector
-                        .as_ref()
-                        .is_some_and(|s| selects(&s.match_labels, labels))
-                })
-                .map(|p| &p.spec)
-        })
-        .flatten();
+    let workload = workload_policy(mesh, namespace, labels);
 
     let mut mode = MtlsMode::Permissive;
     for level in [mesh_wide, namespace_wide, workload].into_iter().flatten() {
         mode = inherit(level.mtls.as_ref(), mode);
     }
-    if let Some(port_level) = workload.and_then(|w| w.port_level_mtls.get(&port)) {
+    if let Some(port_level) = workload.and_then(|w| port.and_then(|p| w.port_level_mtls.get(&p))) {
         mode = inherit(Some(port_level), mode);
     }
     match mode {

@@ -8,8 +8,8 @@
 //!   a `bind`): one listener per egress listener with a port, `<bind>_<port>`, bound there.
 //!
 //! An HTTP port gets an HTTP connection manager whose routes come by RDS; a TCP port a
-//! tcp_proxy to the cluster of the one service on it. Inbound listeners come from
-//! [`super::inbound`].
+//! tcp_proxy to the cluster of the one service on it. Inbound listeners (`virtualInbound` and
+//! the ones bound for ports that are not captured) come from [`super::inbound`].
 
 use strait_proto::xds::envoy::config::core::v3::TrafficDirection;
 use strait_proto::xds::envoy::config::listener::v3::filter::ConfigType;

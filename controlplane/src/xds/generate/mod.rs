@@ -4,8 +4,9 @@
 //! through which Sidecar egress listeners. Names are Istio's, so dashboards and habits carry over:
 //! clusters `outbound|<port>|<subset>|<host>`, listeners `0.0.0.0_<port>` (or `<bind>_<port>`),
 //! route configurations `<port>`, plus `virtualOutbound`, `PassthroughCluster` and
-//! `BlackHoleCluster`; inbound, listeners `<bind>_<port>` from Sidecar `ingress` and clusters
-//! `inbound|<port>||`.
+//! `BlackHoleCluster`; inbound, `virtualInbound` (capture on 15006) with
+//! `InboundPassthroughCluster`, listeners `<bind>_<port>` for Sidecar `ingress` ports that are
+//! not captured, and clusters `inbound|<port>||`.
 //!
 //! Security follows Istio: auto mutual TLS to MESH_INTERNAL services ([`tls`]), inbound mTLS
 //! modes from PeerAuthentication ([`authn`]) and RBAC from AuthorizationPolicy ([`rbac`]), with
@@ -57,8 +58,8 @@ pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 const DEFAULT_CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(10);
 
 /// Every cluster the proxy may use: per visible service and port, one cluster and one per
-/// DestinationRule subset; then `inbound|<port>||` per inbound listener, `BlackHoleCluster` and
-/// `PassthroughCluster`.
+/// DestinationRule subset; then `inbound|<port>||` per inbound port (and
+/// `InboundPassthroughCluster` under capture), `BlackHoleCluster` and `PassthroughCluster`.
 pub fn clusters(mesh: &Mesh, proxy: &Proxy) -> Vec<Cluster> {
     if gateway::is_eastwest_gateway(proxy) {
         return gateway::clusters(mesh, proxy);
@@ -84,8 +85,8 @@ pub fn all_endpoint_names(mesh: &Mesh, proxy: &Proxy) -> Vec<String> {
 }
 
 /// Outbound listeners: `virtualOutbound` and one per port (capture), or one per Sidecar egress
-/// listener bound to its address (no capture); then the inbound listeners of Sidecar `ingress`
-/// (no capture).
+/// listener bound to its address (no capture); then `virtualInbound` (capture) and the inbound
+/// listeners of Sidecar `ingress` ports that are not captured.
 pub fn listeners(mesh: &Mesh, proxy: &Proxy) -> Vec<Listener> {
     if gateway::is_eastwest_gateway(proxy) {
         return gateway::listeners(mesh, proxy);

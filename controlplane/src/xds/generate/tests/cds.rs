@@ -74,6 +74,7 @@ spec:
             "outbound|9080||reviews.default.svc.cluster.local",
             "outbound|9080|v1|reviews.default.svc.cluster.local",
             "outbound|9080|v2|reviews.default.svc.cluster.local",
+            "InboundPassthroughCluster",
             "BlackHoleCluster",
             "PassthroughCluster",
         ]

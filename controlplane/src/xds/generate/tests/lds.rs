@@ -51,7 +51,16 @@ fn tcp_cluster(f: &Filter) -> String {
 fn capture_mode_listeners() {
     let ls = listeners(&mesh(BOOKINFO), &proxy());
     let names: Vec<&str> = ls.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["virtualOutbound", "0.0.0.0_3306", "0.0.0.0_9080"]);
+    // virtualInbound (inbound capture) is covered in tests/security.rs.
+    assert_eq!(
+        names,
+        [
+            "virtualOutbound",
+            "0.0.0.0_3306",
+            "0.0.0.0_9080",
+            "virtualInbound"
+        ]
+    );
 
     let vo = listener(&ls, "virtualOutbound");
     assert_eq!(bound(vo), ("0.0.0.0".to_string(), 15001));
@@ -238,7 +247,8 @@ spec:
 "#;
     let ls = listeners(&mesh(&format!("{BOOKINFO}{sidecar}")), &proxy());
     let names: Vec<&str> = ls.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["0.0.0.0_9080"]);
+    // Inbound capture does not depend on the egress listeners' capture mode.
+    assert_eq!(names, ["0.0.0.0_9080", "virtualInbound"]);
     assert!(ls[0].bind_to_port.is_none());
 }
 
@@ -265,7 +275,8 @@ spec:
             "virtualOutbound",
             "0.0.0.0_3306",
             "0.0.0.0_7000",
-            "0.0.0.0_9080"
+            "0.0.0.0_9080",
+            "virtualInbound"
         ]
     );
     for name in ["0.0.0.0_3306", "0.0.0.0_7000"] {

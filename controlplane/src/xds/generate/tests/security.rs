@@ -1,7 +1,7 @@
 //! Auto mTLS, inbound listeners, PeerAuthentication modes and AuthorizationPolicy → RBAC.
 
 use strait_proto::xds::envoy::config::cluster::v3::Cluster;
-use strait_proto::xds::envoy::config::cluster::v3::cluster::DiscoveryType;
+use strait_proto::xds::envoy::config::cluster::v3::cluster::{DiscoveryType, LbPolicy};
 use strait_proto::xds::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use strait_proto::xds::envoy::config::core::v3::grpc_service::TargetSpecifier;
 use strait_proto::xds::envoy::config::core::v3::socket_address::PortSpecifier;
@@ -678,37 +678,6 @@ fn ingress_listeners_and_clusters() {
 }
 
 #[test]
-fn captured_workloads_get_no_ingress_listeners_yet() {
-    // REDIRECT: iptables sends inbound traffic to 15006, which is not generated yet.
-    let ls = listeners(
-        &mesh(SIDECAR),
-        &Proxy {
-            interception: Interception::Redirect,
-            ..vm_proxy()
-        },
-    );
-    assert!(
-        ls.iter()
-            .all(|l| l.traffic_direction == TrafficDirection::Outbound as i32),
-        "{:?}",
-        names(&ls)
-    );
-    // ...unless the ingress listener itself opts out of capture.
-    let opt_out = SIDECAR.replace(
-        "    defaultEndpoint: 127.0.0.1:8080",
-        "    defaultEndpoint: 127.0.0.1:8080\n    captureMode: NONE",
-    );
-    let ls = inbound(
-        &opt_out,
-        &Proxy {
-            interception: Interception::Redirect,
-            ..vm_proxy()
-        },
-    );
-    assert_eq!(names(&ls), ["0.0.0.0_9080"]);
-}
-
-#[test]
 fn permissive_is_the_default_and_splits_by_transport() {
     let ls = inbound(SIDECAR, &vm_proxy());
     let l = listener(&ls, "0.0.0.0_9080");
@@ -752,30 +721,50 @@ fn permissive_is_the_default_and_splits_by_transport() {
     );
 }
 
-/// Mode per inbound listener: "STRICT", "PERMISSIVE" or "DISABLE", read from its chains.
+/// "STRICT", "PERMISSIVE" or "DISABLE", read from the chains of one port (Istio's matches).
+fn mode_of(chains: &[&FilterChain]) -> &'static str {
+    let shape: Vec<(String, Vec<String>, bool)> = chains
+        .iter()
+        .map(|c| {
+            let m = c.filter_chain_match.clone().unwrap_or_default();
+            (
+                m.transport_protocol,
+                m.application_protocols,
+                c.transport_socket.is_some(),
+            )
+        })
+        .collect();
+    let mesh_alpn = [
+        "istio",
+        "istio-peer-exchange",
+        "istio-http/1.0",
+        "istio-http/1.1",
+        "istio-h2",
+    ];
+    match shape.as_slice() {
+        [(t, alpn, true)] if t == "tls" && alpn.is_empty() => "STRICT",
+        [(t, alpn, true), (p, none, false), rest @ ..]
+            if t == "tls" && alpn == &mesh_alpn && p == "raw_buffer" && none.is_empty() =>
+        {
+            match rest {
+                // TCP: a non-mesh client's own TLS passes through.
+                [] | [(_, _, false)] => "PERMISSIVE",
+                other => panic!("unexpected PERMISSIVE chains {other:?}"),
+            }
+        }
+        [(t, alpn, false)] if t.is_empty() && alpn.is_empty() => "DISABLE",
+        other => panic!("unexpected chains {other:?}"),
+    }
+}
+
+/// Mode per inbound listener of its own.
 fn modes(yaml: &str, p: &Proxy) -> Vec<(String, &'static str)> {
     inbound(yaml, p)
         .iter()
         .map(|l| {
-            let shape = chains(l)
-                .into_iter()
-                .map(|(_, m, tls)| (m, tls))
-                .collect::<Vec<_>>();
-            let mode = match shape.as_slice() {
-                [(m, true)] if m.is_empty() => {
-                    assert!(l.listener_filters.is_empty());
-                    "STRICT"
-                }
-                [(a, true), (b, false)] if a == "tls" && b == "raw_buffer" => {
-                    assert_eq!(l.listener_filters.len(), 1);
-                    "PERMISSIVE"
-                }
-                [(m, false)] if m.is_empty() => {
-                    assert!(l.listener_filters.is_empty());
-                    "DISABLE"
-                }
-                other => panic!("{}: unexpected chains {other:?}", l.name),
-            };
+            let mode = mode_of(&l.filter_chains.iter().collect::<Vec<_>>());
+            // The TLS inspector is there exactly when a chain matches on the transport.
+            assert_eq!(l.listener_filters.len(), usize::from(mode != "DISABLE"));
             (l.name.clone(), mode)
         })
         .collect()
@@ -1107,4 +1096,506 @@ fn rbac_filters_are_typed_as_envoy_expects() {
         type_url,
         "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capture: `virtualInbound` on 15006.
+
+/// Services of the captured sidecar `proxy()` (198.18.0.5, `app: sleep`, namespace `default`):
+/// `productpage` selects it (HTTP 9080 → 19080, TCP 3306, gRPC 9090), `legacy` lists its
+/// address (TCP 7000 → the endpoint's 17000); the others are not its own.
+const CAPTURED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: productpage}
+spec:
+  hosts: [productpage.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports:
+  - {number: 9080, name: http, protocol: HTTP, targetPort: 19080}
+  - {number: 3306, name: tcp-db, protocol: TCP}
+  - {number: 9090, name: grpc, protocol: GRPC}
+  workloadSelector: {labels: {app: sleep}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 7000, name: tcp-legacy, protocol: TCP}]
+  endpoints: [{address: 198.18.0.5, ports: {tcp-legacy: 17000}}, {address: 198.18.0.6}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: elsewhere, namespace: prod}
+spec:
+  hosts: [sleep.prod.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 5000, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: sleep}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 6000, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: reviews}}
+"#;
+
+fn virtual_inbound(yaml: &str, p: &Proxy) -> Listener {
+    let ls = listeners(&mesh(yaml), p);
+    let [vi] = ls
+        .iter()
+        .filter(|l| l.name == "virtualInbound")
+        .collect::<Vec<_>>()[..]
+    else {
+        panic!("one virtualInbound in {:?}", names(&ls))
+    };
+    vi.clone()
+}
+
+fn chain_port(c: &FilterChain) -> Option<u32> {
+    c.filter_chain_match
+        .as_ref()
+        .and_then(|m| m.destination_port)
+        .map(|p| p.value)
+}
+
+/// The mode of each port's chains (None: the passthrough), in chain order.
+fn port_modes(l: &Listener) -> Vec<(Option<u32>, &'static str)> {
+    let mut out: Vec<(Option<u32>, Vec<&FilterChain>)> = Vec::new();
+    for c in l
+        .filter_chains
+        .iter()
+        .filter(|c| c.name != "virtualInbound-blackhole")
+    {
+        match out.last_mut() {
+            Some((port, chains)) if *port == chain_port(c) => chains.push(c),
+            _ => out.push((chain_port(c), vec![c])),
+        }
+    }
+    out.into_iter().map(|(p, cs)| (p, mode_of(&cs))).collect()
+}
+
+fn tcp_cluster(c: &FilterChain) -> String {
+    let proxy: TcpProxy = typed(c.filters.last().unwrap());
+    let Some(ClusterSpecifier::Cluster(name)) = proxy.cluster_specifier else {
+        panic!()
+    };
+    name
+}
+
+fn bind_config(c: &Cluster) -> Option<(String, u32)> {
+    let sa = c.upstream_bind_config.as_ref()?.source_address.as_ref()?;
+    let Some(PortSpecifier::PortValue(port)) = sa.port_specifier else {
+        panic!()
+    };
+    Some((sa.address.clone(), port))
+}
+
+#[test]
+fn captured_workloads_get_virtual_inbound() {
+    let l = virtual_inbound(CAPTURED, &proxy());
+    assert_eq!(bound(&l), ("0.0.0.0".to_string(), 15006));
+    assert_eq!(l.traffic_direction, TrafficDirection::Inbound as i32);
+    assert!(l.bind_to_port.is_none());
+    assert!(
+        l.use_original_dst.is_none(),
+        "no hand-off: capture-mode outbound listeners would take inbound connections"
+    );
+    let filters: Vec<&str> = l.listener_filters.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        filters,
+        [
+            "envoy.filters.listener.original_dst",
+            "envoy.filters.listener.tls_inspector"
+        ]
+    );
+    assert_eq!(l.listener_filters_timeout, super::secs(0));
+    assert!(l.continue_on_listener_filters_timeout);
+
+    // The loop guard first, then the passthrough, then the ports by number.
+    let blackhole = &l.filter_chains[0];
+    assert_eq!(blackhole.name, "virtualInbound-blackhole");
+    assert_eq!(chain_port(blackhole), Some(15006));
+    assert_eq!(tcp_cluster(blackhole), "BlackHoleCluster");
+    assert_eq!(
+        port_modes(&l),
+        [
+            (None, "PERMISSIVE"),
+            (Some(3306), "PERMISSIVE"),
+            (Some(9090), "PERMISSIVE"),
+            (Some(17000), "PERMISSIVE"),
+            (Some(19080), "PERMISSIVE"),
+        ],
+        "the selected service's target ports and the endpoint's own port; no other service's"
+    );
+    let names: Vec<&str> = l.filter_chains.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names[1..7],
+        [
+            "virtualInbound_mtls",
+            "virtualInbound_plaintext",
+            "virtualInbound_tls",
+            "0.0.0.0_3306_mtls",
+            "0.0.0.0_3306_plaintext",
+            "0.0.0.0_3306_tls",
+        ]
+    );
+
+    // Envoy refuses a listener with two identical matches.
+    let mut matches: Vec<_> = l
+        .filter_chains
+        .iter()
+        .map(|c| format!("{:?}", c.filter_chain_match))
+        .collect();
+    matches.sort();
+    matches.dedup();
+    assert_eq!(matches.len(), l.filter_chains.len());
+
+    for c in l
+        .filter_chains
+        .iter()
+        .filter(|c| c.name.starts_with("virtualInbound_"))
+    {
+        assert_eq!(tcp_cluster(c), "InboundPassthroughCluster", "{}", c.name);
+    }
+    let http = l
+        .filter_chains
+        .iter()
+        .find(|c| c.name == "0.0.0.0_19080_plaintext")
+        .unwrap();
+    let h = hcm(http);
+    let Some(RouteSpecifier::RouteConfig(rc)) = &h.route_specifier else {
+        panic!()
+    };
+    let Some(Action::Route(ra)) = &rc.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        ra.cluster_specifier,
+        Some(RouteCluster::Cluster("inbound|19080||".to_string()))
+    );
+    let tls = downstream_tls(
+        l.filter_chains
+            .iter()
+            .find(|c| c.name == "0.0.0.0_19080_mtls")
+            .unwrap(),
+    );
+    assert!(tls.require_client_certificate.unwrap().value);
+    assert_eq!(
+        tls.common_tls_context.unwrap().alpn_protocols,
+        ["h2", "http/1.1"]
+    );
+    let tcp = l
+        .filter_chains
+        .iter()
+        .find(|c| c.name == "0.0.0.0_17000_plaintext")
+        .unwrap();
+    assert_eq!(tcp_cluster(tcp), "inbound|17000||");
+
+    // Clusters: ORIGINAL_DST from 127.0.0.6 for every port (Istio ≥1.10), and the passthrough.
+    let cs = clusters(&mesh(CAPTURED), &proxy());
+    for name in [
+        "inbound|3306||",
+        "inbound|9090||",
+        "inbound|17000||",
+        "inbound|19080||",
+        "InboundPassthroughCluster",
+    ] {
+        let c = find(&cs, name);
+        assert_eq!(discovery(c), DiscoveryType::OriginalDst, "{name}");
+        assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32, "{name}");
+        assert_eq!(bind_config(c), Some(("127.0.0.6".to_string(), 0)), "{name}");
+        assert!(c.load_assignment.is_none(), "{name}");
+    }
+    assert!(
+        find(&cs, "inbound|9090||")
+            .typed_extension_protocol_options
+            .contains_key("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"),
+        "HTTP/2 to a gRPC application"
+    );
+    assert!(
+        !cs.iter()
+            .any(|c| c.name == "inbound|5000||" || c.name == "inbound|6000||")
+    );
+}
+
+#[test]
+fn capture_modes_per_port_and_for_the_passthrough() {
+    let p = proxy();
+    let mesh_strict = pa("default", "istio-system", "{mtls: {mode: STRICT}}");
+    let workload = pa(
+        "sleep",
+        "default",
+        "{selector: {matchLabels: {app: sleep}}, \
+         portLevelMtls: {3306: {mode: DISABLE}, 19080: {mode: PERMISSIVE}, 8443: {mode: DISABLE}}}",
+    );
+    let l = virtual_inbound(&format!("{CAPTURED}{mesh_strict}{workload}"), &p);
+    assert_eq!(
+        port_modes(&l),
+        [
+            (None, "STRICT"),
+            (Some(8443), "DISABLE"),
+            (Some(3306), "DISABLE"),
+            (Some(9090), "STRICT"),
+            (Some(17000), "STRICT"),
+            (Some(19080), "PERMISSIVE"),
+        ],
+        "the passthrough takes the workload's mode; a port only portLevelMtls names gets \
+         passthrough chains of its own"
+    );
+    let extra = l
+        .filter_chains
+        .iter()
+        .find(|c| chain_port(c) == Some(8443))
+        .unwrap();
+    assert_eq!(extra.name, "virtualInbound_8443_plaintext");
+    assert_eq!(tcp_cluster(extra), "InboundPassthroughCluster");
+    // STRICT on an HTTP port: one mutual TLS chain, any ALPN (plaintext matches nothing).
+    let strict = l
+        .filter_chains
+        .iter()
+        .find(|c| c.name == "0.0.0.0_9090_mtls")
+        .unwrap();
+    assert_eq!(
+        downstream_tls(strict)
+            .common_tls_context
+            .unwrap()
+            .alpn_protocols,
+        ["h2", "http/1.1"]
+    );
+
+    let ns_disable = pa("ns", "default", "{mtls: {mode: DISABLE}}");
+    let l = virtual_inbound(&format!("{CAPTURED}{mesh_strict}{ns_disable}"), &p);
+    assert!(
+        port_modes(&l).iter().all(|(_, m)| *m == "DISABLE"),
+        "{:?}",
+        port_modes(&l)
+    );
+}
+
+#[test]
+fn capture_chains_carry_the_workload_authorization() {
+    let policy = ap(
+        "sleep",
+        "default",
+        r#"{selector: {matchLabels: {app: sleep}}, rules: [
+  {from: [{source: {principals: [cluster.local/ns/default/sa/reviews]}}]},
+  {to: [{operation: {methods: [GET]}}]}
+]}"#,
+    );
+    let deny = ap(
+        "deny",
+        "default",
+        "{action: DENY, rules: [{to: [{operation: {ports: [\"17000\"]}}]}]}",
+    );
+    let l = virtual_inbound(&format!("{CAPTURED}{policy}{deny}"), &proxy());
+    let rbac_names = |filters: &Filters| {
+        filters
+            .iter()
+            .map(|(name, rbac)| (name.clone(), rbac.as_ref().map(action)))
+            .collect::<Vec<_>>()
+    };
+    for c in &l.filter_chains {
+        let port = chain_port(c);
+        if c.name == "virtualInbound-blackhole" {
+            assert_eq!(
+                c.filters.len(),
+                1,
+                "nothing to authorize on a dropped connection"
+            );
+            continue;
+        }
+        if matches!(port, Some(9090 | 19080)) {
+            let filters = http_filters(&hcm(c));
+            assert_eq!(
+                rbac_names(&filters),
+                [
+                    (
+                        "envoy.filters.http.rbac".to_string(),
+                        Some(rbac::Action::Deny)
+                    ),
+                    (
+                        "envoy.filters.http.rbac".to_string(),
+                        Some(rbac::Action::Allow)
+                    ),
+                    ("envoy.filters.http.router".to_string(), None),
+                ],
+                "{}",
+                c.name
+            );
+            let (_, Some(allow)) = &filters[1] else {
+                panic!()
+            };
+            assert_eq!(allow.policies.len(), 2, "HTTP sees both rules");
+        } else {
+            // TCP ports and the passthrough: the rule naming a method allows nothing on TCP.
+            let filters = tcp_filters(c);
+            assert_eq!(
+                rbac_names(&filters),
+                [
+                    (
+                        "envoy.filters.network.rbac".to_string(),
+                        Some(rbac::Action::Deny)
+                    ),
+                    (
+                        "envoy.filters.network.rbac".to_string(),
+                        Some(rbac::Action::Allow)
+                    ),
+                    ("envoy.filters.network.tcp_proxy".to_string(), None),
+                ],
+                "{}",
+                c.name
+            );
+            let (_, Some(allow)) = &filters[1] else {
+                panic!()
+            };
+            assert_eq!(
+                allow.policies.keys().collect::<Vec<_>>(),
+                ["ns[default]-policy[sleep]-rule[0]"],
+                "{}",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
+fn no_virtual_inbound_without_capture() {
+    let p = Proxy {
+        interception: Interception::None,
+        ..proxy()
+    };
+    let ls = listeners(&mesh(CAPTURED), &p);
+    assert!(
+        ls.iter()
+            .all(|l| l.traffic_direction == TrafficDirection::Outbound as i32),
+        "service ports are never bound without capture (they are the application's): {:?}",
+        names(&ls)
+    );
+    let cs = clusters(&mesh(CAPTURED), &p);
+    assert!(
+        !cs.iter()
+            .any(|c| c.name.starts_with("inbound|") || c.name == "InboundPassthroughCluster"),
+        "{:?}",
+        cs.iter().map(|c| &c.name).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn sidecar_ingress_replaces_service_ports_under_capture() {
+    // `app: ratings` is selected by the Sidecar; a service selecting it too is ignored, as in
+    // Istio when a Sidecar declares ingress listeners.
+    let service = CAPTURED.replace("{labels: {app: sleep}}", "{labels: {app: ratings}}");
+    let captured = Proxy {
+        interception: Interception::Redirect,
+        ..vm_proxy()
+    };
+    let yaml = with_sidecar(&service);
+    let l = virtual_inbound(&yaml, &captured);
+    assert_eq!(
+        port_modes(&l),
+        [
+            (None, "PERMISSIVE"),
+            (Some(3306), "PERMISSIVE"),
+            (Some(9080), "PERMISSIVE"),
+            (Some(9090), "PERMISSIVE"),
+        ]
+    );
+    assert!(
+        inbound(&yaml, &captured)
+            .iter()
+            .all(|l| l.name == "virtualInbound"),
+        "captured ingress listeners bind nothing of their own"
+    );
+    let cs = clusters(&mesh(&yaml), &captured);
+    let c = find(&cs, "inbound|9080||");
+    assert_eq!(
+        discovery(c),
+        DiscoveryType::Static,
+        "to the defaultEndpoint"
+    );
+    assert_eq!(bind_config(c), None, "loopback is never redirected");
+    assert!(!cs.iter().any(|c| c.name == "inbound|19080||"));
+
+    // An ingress listener that opts out of capture keeps a listener of its own, and
+    // `0.0.0.0:<port>` as the endpoint means the workload's own address (from 127.0.0.6).
+    let opt_out = SIDECAR
+        .replace(
+            "    defaultEndpoint: 127.0.0.1:8080",
+            "    defaultEndpoint: 127.0.0.1:8080\n    captureMode: NONE",
+        )
+        .replace("127.0.0.1:19090", "0.0.0.0:19090");
+    let ls = inbound(&opt_out, &captured);
+    assert_eq!(names(&ls), ["virtualInbound", "0.0.0.0_9080"]);
+    assert_eq!(
+        port_modes(&ls[0]),
+        [
+            (None, "PERMISSIVE"),
+            (Some(3306), "PERMISSIVE"),
+            (Some(9090), "PERMISSIVE"),
+        ]
+    );
+    let cs = clusters(&mesh(&opt_out), &captured);
+    let c = find(&cs, "inbound|9090||");
+    let la = c.load_assignment.as_ref().unwrap();
+    let Some(HostIdentifier::Endpoint(ep)) = &la.endpoints[0].lb_endpoints[0].host_identifier
+    else {
+        panic!()
+    };
+    let Some(address::Address::SocketAddress(sa)) = &ep.address.as_ref().unwrap().address else {
+        panic!()
+    };
+    assert_eq!(sa.address, "198.18.0.5");
+    assert_eq!(bind_config(c), Some(("127.0.0.6".to_string(), 0)));
+}
+
+#[test]
+fn virtual_inbound_is_deterministic() {
+    // Same documents in another order, and a second service claiming a port already taken:
+    // the first by host name keeps it, and the output does not move.
+    let second = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: also-mine}
+spec:
+  hosts: [aaa.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 3306, name: http-shadow, protocol: HTTP}]
+  workloadSelector: {labels: {app: sleep}}
+"#;
+    let docs: Vec<&str> = CAPTURED.split("\n---\n").collect();
+    let reversed = docs
+        .iter()
+        .rev()
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let a = (
+        listeners(&mesh(&format!("{CAPTURED}{second}")), &proxy()),
+        clusters(&mesh(&format!("{CAPTURED}{second}")), &proxy()),
+    );
+    let b = (
+        listeners(&mesh(&format!("{second}\n---\n{reversed}")), &proxy()),
+        clusters(&mesh(&format!("{second}\n---\n{reversed}")), &proxy()),
+    );
+    assert_eq!(a, b);
+    let vi = virtual_inbound(&format!("{CAPTURED}{second}"), &proxy());
+    let on_3306: Vec<&FilterChain> = vi
+        .filter_chains
+        .iter()
+        .filter(|c| chain_port(c) == Some(3306))
+        .collect();
+    assert_eq!(on_3306.len(), 2, "one port, one protocol: aaa's HTTP wins");
+    hcm(on_3306[0]);
 }
