@@ -267,12 +267,14 @@ mod tests {
 
     use super::*;
 
+    type Table = Arc<Mutex<HashMap<String, (Vec<Ipv4Addr>, u32)>>>;
+
     /// A DNS server on loopback answering A queries from a table that tests change; AAAA
     /// queries get an empty answer. `silent` makes it drop every query (an outage); `queries`
     /// counts every packet received.
     struct FakeDns {
         addr: SocketAddr,
-        records: Arc<Mutex<HashMap<String, (Vec<Ipv4Addr>, u32)>>>,
+        records: Table,
         queries: Arc<AtomicUsize>,
         silent: Arc<AtomicBool>,
         task: JoinHandle<()>,
@@ -290,7 +292,7 @@ mod tests {
                 .await
                 .unwrap_or_else(|e| panic!("bind: {e}"));
             let addr = sock.local_addr().unwrap_or_else(|e| panic!("{e}"));
-            let records: Arc<Mutex<HashMap<String, (Vec<Ipv4Addr>, u32)>>> = Arc::default();
+            let records: Table = Arc::default();
             let queries = Arc::new(AtomicUsize::new(0));
             let silent = Arc::new(AtomicBool::new(false));
             let (r, q, quiet) = (records.clone(), queries.clone(), silent.clone());
