@@ -9,7 +9,8 @@
 //! - [`fixtures`]: shared config, e.g. the kitchen sink of every field straitd accepts;
 //! - [`envoy`]: a stock Envoy with an Istio-style bootstrap, and its admin API;
 //! - [`mesh`]: a small mTLS mesh whose sidecars are stock Envoys or strait-proxy (conformance);
-//! - [`upstream`]: an HTTP echo server and a one-shot HTTP client.
+//! - [`upstream`]: an HTTP echo server and a one-shot HTTP client;
+//! - [`topology`]: networks on one machine from network namespaces (hosts, gateways, a wan).
 
 pub mod agent;
 pub mod bins;
@@ -19,6 +20,7 @@ pub mod mesh;
 pub mod fixtures;
 pub mod ports;
 pub mod process;
+pub mod topology;
 pub mod upstream;
 pub mod wait;
 
