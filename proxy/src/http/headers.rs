@@ -10,13 +10,13 @@ use crate::config::{ClientCertDetails, ForwardClientCert};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the ones
 /// Envoy strips too.
-const HOP_BY_HOP: [&str; 8] = [
+/// (`te` is handled apart: `te: trailers` is kept, gRPC needs it end to end.)
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "transfer-encoding",
     "upgrade",
-    "te",
     "trailer",
     "proxy-authenticate",
 ];
@@ -40,6 +40,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for n in HOP_BY_HOP {
         headers.remove(n);
+    }
+    let trailers = headers.get_all("te").iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    headers.remove("te");
+    if trailers {
+        headers.insert("te", HeaderValue::from_static("trailers"));
     }
 }
 
@@ -157,10 +167,11 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("te", HeaderValue::from_static("gzip, trailers"));
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-kept"));
+        assert_eq!(h.get("te"), Some(&HeaderValue::from_static("trailers")));
     }
 
     #[test]

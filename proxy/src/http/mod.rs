@@ -27,14 +27,15 @@ use tokio::sync::watch;
 
 use crate::authz::{self, Authorizer, Normalized, PathNormalization};
 use crate::config::{
-    Codec, EscapedSlashes, FaultConfig, HttpConnectionManager, Route, RouteActionConfig,
-    RouteConfig,
+    Codec, Config, EscapedSlashes, FaultConfig, Forward, HttpConnectionManager, Route,
+    RouteActionConfig, RouteConfig,
 };
 use crate::error::ProxyError;
 use crate::listener::Context;
 use crate::tcp::choose_cluster;
 use crate::upstream::BoxIo;
 use headers::ClientCert;
+use pool::Checkout;
 
 /// Response bodies, local or from upstream.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -234,9 +235,9 @@ async fn forward(
         }
         RouteActionConfig::Forward(f) => f,
     };
-    let (cluster, endpoint) = ctx
-        .upstreams
-        .pick(&config, choose_cluster(&forward.target))?;
+    let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
+    let connecting = connect(ctx, &config, choose_cluster(&forward.target), forward);
+    let (checkout, h2) = within(deadline, connecting).await??;
     drop(config);
     // The request as it goes upstream.
     let h = req.headers_mut();
@@ -254,7 +255,6 @@ async fn forward(
         down.client_cert.as_ref(),
         by.as_deref(),
     );
-    let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
     *req.uri_mut() = upstream_uri(&authority, &path.to_header(), h2)?;
     *req.version_mut() = if h2 {
         Version::HTTP_2
@@ -267,18 +267,55 @@ async fn forward(
         req.headers_mut().insert(HOST, v);
     }
     let req = req.map(|b| b.boxed_unsync());
-    let send = ctx.pool.send(&ctx.upstreams, &cluster, &endpoint, req);
-    let response = match forward.timeout {
-        Some(t) => tokio::time::timeout(t, send)
-            .await
-            .map_err(|_| ProxyError::Timeout)??,
-        None => send.await?,
-    };
+    let response = within(deadline, ctx.pool.send(checkout, req)).await??;
     let mut response = response.map(|b| b.boxed_unsync());
     let h = response.headers_mut();
     headers::strip_hop_by_hop(h);
     h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
     Ok(response)
+}
+
+/// Runs `f` until `deadline` (the route timeout); none: no limit.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    f: impl std::future::Future<Output = T>,
+) -> Result<T, ProxyError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, f)
+            .await
+            .map_err(|_| ProxyError::Timeout),
+        None => Ok(f.await),
+    }
+}
+
+/// An upstream connection for the route, and whether it speaks HTTP/2. A connect failure is
+/// retried on another pick when the route's retry policy says `connect-failure` (or
+/// `reset-before-request`): the request has not left, so nothing can be sent twice. Retries
+/// that would replay a sent request (5xx, reset, status codes) are not implemented yet.
+async fn connect(
+    ctx: &Context,
+    config: &Config,
+    cluster: &str,
+    forward: &Forward,
+) -> Result<(Checkout, bool), ProxyError> {
+    let retries = forward
+        .retry
+        .as_ref()
+        .filter(|r| r.retry_on.connect_failure || r.retry_on.reset_before_request)
+        .map_or(0, |r| r.num_retries);
+    let mut attempt = 0;
+    loop {
+        let (cluster, endpoint) = ctx.upstreams.pick(config, cluster)?;
+        let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
+        match ctx.pool.checkout(&ctx.upstreams, &cluster, &endpoint).await {
+            Ok(c) => return Ok((c, h2)),
+            Err(e) if e.retry_safe() && attempt < retries => {
+                attempt += 1;
+                tracing::debug!(cluster = %cluster.name, error = %e, attempt, "connect failed; retrying");
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// `:authority` (HTTP/2, absolute-form) or `Host`.

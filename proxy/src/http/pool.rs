@@ -57,73 +57,98 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// A connection ready to carry one request: taken from the pool or newly opened. Opening is
+/// apart from sending so that a connect failure (the request never left) can be retried on
+/// another endpoint without having to replay a body.
+pub struct Checkout {
+    key: Key,
+    sender: Sender,
+}
+
+enum Sender {
+    H1 {
+        sender: http1::SendRequest<ReqBody>,
+        used: u32,
+        max: Option<u32>,
+    },
+    H2(http2::SendRequest<ReqBody>),
+}
+
+impl std::fmt::Debug for Checkout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkout")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Pool {
-    /// Sends `req` to `endpoint` of `cluster` on a pooled or new connection.
-    pub async fn send(
-        self: &Arc<Self>,
+    /// A connection to `endpoint` of `cluster`: a pooled one, or a new one.
+    pub async fn checkout(
+        &self,
         upstreams: &Upstreams,
         cluster: &Arc<Cluster>,
         endpoint: &Endpoint,
-        req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Checkout, ProxyError> {
         let key = Key {
             cluster: cluster.name.clone(),
             version: Arc::as_ptr(cluster) as usize,
             endpoint: endpoint.address.clone(),
         };
-        match cluster.http.protocol {
-            UpstreamProtocol::Http2 => self.send_h2(upstreams, cluster, endpoint, key, req).await,
-            UpstreamProtocol::Http1 => self.send_h1(upstreams, cluster, endpoint, key, req).await,
-        }
-    }
-
-    async fn send_h1(
-        self: &Arc<Self>,
-        upstreams: &Upstreams,
-        cluster: &Cluster,
-        endpoint: &Endpoint,
-        key: Key,
-        req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        let idle_timeout = cluster.http.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
-        let (mut sender, used) = match self.take_idle(&key, idle_timeout) {
-            Some(idle) => (idle.sender, idle.used),
-            None => {
-                let up = upstreams.connect(cluster, endpoint).await?;
-                let (sender, conn) = http1::Builder::new()
-                    .max_buf_size(MAX_RESPONSE_HEADERS)
-                    .handshake(TokioIo::new(up.io))
-                    .await
-                    .map_err(|e| ProxyError::UpstreamReset(e.to_string()))?;
-                let endpoint = up.endpoint;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
-                    }
-                });
-                (sender, 0)
+        let sender = match cluster.http.protocol {
+            UpstreamProtocol::Http2 => {
+                Sender::H2(self.h2(upstreams, cluster, endpoint, &key).await?)
+            }
+            UpstreamProtocol::Http1 => {
+                let idle_timeout = cluster.http.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+                let max = cluster.http.max_requests_per_connection;
+                match self.take_idle(&key, idle_timeout) {
+                    Some(idle) => Sender::H1 {
+                        sender: idle.sender,
+                        used: idle.used,
+                        max,
+                    },
+                    None => Sender::H1 {
+                        sender: h1_connect(upstreams, cluster, endpoint).await?,
+                        used: 0,
+                        max,
+                    },
+                }
             }
         };
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProxyError::UpstreamReset(e.to_string()))?;
-        let used = used + 1;
-        let reusable = cluster
-            .http
-            .max_requests_per_connection
-            .is_none_or(|max| used < max);
-        if reusable {
-            // The connection is ready again once this response's body has been read whole;
-            // wait for that off the request path, then offer it to the next request.
-            let pool = self.clone();
-            tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pool.put_idle(key, sender, used);
+        Ok(Checkout { key, sender })
+    }
+
+    /// Sends `req` on `checkout`; an HTTP/1.1 connection goes back to the pool once its
+    /// response has been read whole.
+    pub async fn send(
+        self: &Arc<Self>,
+        checkout: Checkout,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let reset = |e: hyper::Error| ProxyError::UpstreamReset(e.to_string());
+        match checkout.sender {
+            Sender::H2(mut sender) => sender.send_request(req).await.map_err(reset),
+            Sender::H1 {
+                mut sender,
+                used,
+                max,
+            } => {
+                let response = sender.send_request(req).await.map_err(reset)?;
+                let used = used + 1;
+                if max.is_none_or(|max| used < max) {
+                    // Ready again once this response's body has been read whole; wait for
+                    // that off the request path, then offer it to the next request.
+                    let (pool, key) = (self.clone(), checkout.key);
+                    tokio::spawn(async move {
+                        if sender.ready().await.is_ok() {
+                            pool.put_idle(key, sender, used);
+                        }
+                    });
                 }
-            });
+                Ok(response)
+            }
         }
-        Ok(response)
     }
 
     fn take_idle(&self, key: &Key, idle_timeout: Duration) -> Option<Idle> {
@@ -150,49 +175,42 @@ impl Pool {
         }
     }
 
-    async fn send_h2(
+    async fn h2(
         &self,
         upstreams: &Upstreams,
         cluster: &Cluster,
         endpoint: &Endpoint,
-        key: Key,
-        req: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, ProxyError> {
+        key: &Key,
+    ) -> Result<http2::SendRequest<ReqBody>, ProxyError> {
         let existing = self
             .h2
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+            .get(key)
             .filter(|s| !s.is_closed())
             .cloned();
-        let mut sender = match existing {
-            Some(s) => s,
-            None => {
-                let up = upstreams.connect(cluster, endpoint).await?;
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .max_header_list_size(MAX_RESPONSE_HEADERS as u32)
-                    .keep_alive_interval(Duration::from_secs(30))
-                    .handshake(TokioIo::new(up.io))
-                    .await
-                    .map_err(|e| ProxyError::UpstreamReset(e.to_string()))?;
-                let endpoint = up.endpoint;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
-                    }
-                });
-                self.h2
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(key, sender.clone());
-                sender
-            }
-        };
-        sender
-            .send_request(req)
+        if let Some(s) = existing {
+            return Ok(s);
+        }
+        let up = upstreams.connect(cluster, endpoint).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_RESPONSE_HEADERS as u32)
+            .keep_alive_interval(Duration::from_secs(30))
+            .handshake(TokioIo::new(up.io))
             .await
-            .map_err(|e| ProxyError::UpstreamReset(e.to_string()))
+            .map_err(|e| ProxyError::UpstreamReset(e.to_string()))?;
+        let endpoint = up.endpoint;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), sender.clone());
+        Ok(sender)
     }
 
     /// Drops idle connections past `idle_timeout` (run periodically).
@@ -208,4 +226,24 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|_, s| !s.is_closed());
     }
+}
+
+async fn h1_connect(
+    upstreams: &Upstreams,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
+) -> Result<http1::SendRequest<ReqBody>, ProxyError> {
+    let up = upstreams.connect(cluster, endpoint).await?;
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(MAX_RESPONSE_HEADERS)
+        .handshake(TokioIo::new(up.io))
+        .await
+        .map_err(|e| ProxyError::UpstreamReset(e.to_string()))?;
+    let endpoint = up.endpoint;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%endpoint, error = %e, "upstream HTTP/1.1 connection ended");
+        }
+    });
+    Ok(sender)
 }
