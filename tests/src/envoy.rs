@@ -71,6 +71,27 @@ impl Node {
         }
     }
 
+    /// An Istio east-west gateway node, as straitd recognises one: id
+    /// `router~<ip>~<pod>.<ns>~<ns>.svc.cluster.local`, labels `istio: eastwestgateway` and
+    /// `topology.istio.io/network: <network>`, metadata `NETWORK`, `NAMESPACE`, `CLUSTER_ID`
+    /// (`cluster1`), `ROUTER_MODE: sni-dnat`.
+    pub fn istio_router(ip: IpAddr, pod: &str, namespace: &str, network: &str) -> Self {
+        let mut meta = IstioMeta::new(pod, namespace);
+        meta.network = network.to_owned();
+        meta.labels = BTreeMap::from([
+            ("istio".to_owned(), "eastwestgateway".to_owned()),
+            ("topology.istio.io/network".to_owned(), network.to_owned()),
+        ]);
+        let mut metadata = meta.to_metadata();
+        metadata.remove("INTERCEPTION_MODE");
+        metadata.insert("ROUTER_MODE".into(), "sni-dnat".into());
+        Self {
+            id: format!("router~{ip}~{pod}.{namespace}~{namespace}.svc.cluster.local"),
+            cluster: format!("{pod}.{namespace}"),
+            metadata,
+        }
+    }
+
     /// Adds or replaces one metadata entry.
     pub fn meta(mut self, key: &str, value: impl Into<Value>) -> Self {
         self.metadata.insert(key.to_owned(), value.into());
