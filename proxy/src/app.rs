@@ -16,7 +16,7 @@ use crate::http::pool::Pool;
 use crate::listener::{Context, Listeners};
 use crate::tcp::TcpCounters;
 use crate::tls::{CertSource, ClientTls};
-use crate::upstream::{RoundRobin, Upstreams};
+use crate::upstream::{Lb, Upstreams};
 use crate::xds::{XdsClient, XdsConfig, XdsTls};
 
 /// Why the proxy could not start.
@@ -111,10 +111,7 @@ impl App {
         let xds = XdsClient::start(config.xds)?;
         let ctx = Arc::new(Context {
             config: xds.config(),
-            upstreams: Upstreams::new(
-                certs.clone().map(ClientTls::new),
-                Box::new(RoundRobin::default()),
-            ),
+            upstreams: Upstreams::new(certs.clone().map(ClientTls::new), Box::new(Lb::default())),
             certs,
             pool: Arc::new(Pool::default()),
             tcp: TcpCounters::default(),

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use crate::config::{ClusterTarget, Config, TcpProxy};
 use crate::error::ProxyError;
-use crate::upstream::{BoxIo, Upstreams};
+use crate::upstream::{BoxIo, Outcome, Upstreams};
 
 /// Bytes moved by tcp_proxies, for the metrics module.
 #[derive(Debug, Default)]
@@ -56,12 +56,20 @@ pub async fn proxy(
     let name = choose_cluster(&tcp.target);
     let (cluster, endpoint) = upstreams.pick(&snapshot, name)?;
     drop(snapshot);
-    let mut up = upstreams.connect(&cluster, &endpoint).await?;
+    let mut up = match upstreams.connect(&cluster, &endpoint).await {
+        Ok(up) => up,
+        Err(e) => {
+            upstreams.report(&cluster, &endpoint, Outcome::LocalOriginFailure);
+            return Err(e);
+        }
+    };
     counters.opened.fetch_add(1, Ordering::Relaxed);
     // copy_bidirectional shuts down each write side when the other side's read ends: half-close
     // travels through (TLS sends close_notify first).
     let result = tokio::io::copy_bidirectional(&mut downstream, &mut up.io).await;
     counters.closed.fetch_add(1, Ordering::Relaxed);
+    // The connection was made: a local-origin success, whatever happened afterwards.
+    upstreams.report(&cluster, &endpoint, Outcome::LocalOriginSuccess);
     match result {
         Ok((sent, received)) => {
             counters.sent.fetch_add(sent, Ordering::Relaxed);

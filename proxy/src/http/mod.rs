@@ -26,6 +26,7 @@ use strait_proto::identity::SpiffeId;
 use tokio::sync::watch;
 
 use crate::authz::{self, Authorizer, Normalized, PathNormalization};
+use crate::config::Endpoint;
 use crate::config::{
     Codec, Config, EscapedSlashes, FaultConfig, Forward, HttpConnectionManager, Route,
     RouteActionConfig, RouteConfig,
@@ -33,7 +34,7 @@ use crate::config::{
 use crate::error::ProxyError;
 use crate::listener::Context;
 use crate::tcp::choose_cluster;
-use crate::upstream::BoxIo;
+use crate::upstream::{BoxIo, Outcome};
 use headers::ClientCert;
 use pool::Checkout;
 
@@ -237,7 +238,7 @@ async fn forward(
     };
     let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
     let connecting = connect(ctx, &config, choose_cluster(&forward.target), forward);
-    let (checkout, h2) = within(deadline, connecting).await??;
+    let (checkout, h2, cluster, endpoint) = within(deadline, connecting).await??;
     drop(config);
     // The request as it goes upstream.
     let h = req.headers_mut();
@@ -267,7 +268,15 @@ async fn forward(
         req.headers_mut().insert(HOST, v);
     }
     let req = req.map(|b| b.boxed_unsync());
-    let response = within(deadline, ctx.pool.send(checkout, req)).await??;
+    let response = within(deadline, ctx.pool.send(checkout, req))
+        .await
+        .and_then(|r| r);
+    let outcome = match &response {
+        Ok(r) => Outcome::Http(r.status().as_u16()),
+        Err(_) => Outcome::LocalOriginFailure,
+    };
+    ctx.upstreams.report(&cluster, &endpoint, outcome);
+    let response = response?;
     let mut response = response.map(|b| b.boxed_unsync());
     let h = response.headers_mut();
     headers::strip_hop_by_hop(h);
@@ -297,7 +306,7 @@ async fn connect(
     config: &Config,
     cluster: &str,
     forward: &Forward,
-) -> Result<(Checkout, bool), ProxyError> {
+) -> Result<(Checkout, bool, Arc<crate::config::Cluster>, Endpoint), ProxyError> {
     let retries = forward
         .retry
         .as_ref()
@@ -307,14 +316,17 @@ async fn connect(
     loop {
         let (cluster, endpoint) = ctx.upstreams.pick(config, cluster)?;
         let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
-        match ctx.pool.checkout(&ctx.upstreams, &cluster, &endpoint).await {
-            Ok(c) => return Ok((c, h2)),
-            Err(e) if e.retry_safe() && attempt < retries => {
-                attempt += 1;
-                tracing::debug!(cluster = %cluster.name, error = %e, attempt, "connect failed; retrying");
-            }
-            Err(e) => return Err(e),
+        let e = match ctx.pool.checkout(&ctx.upstreams, &cluster, &endpoint).await {
+            Ok(c) => return Ok((c, h2, cluster, endpoint)),
+            Err(e) => e,
+        };
+        ctx.upstreams
+            .report(&cluster, &endpoint, Outcome::LocalOriginFailure);
+        if !(e.retry_safe() && attempt < retries) {
+            return Err(e);
         }
+        attempt += 1;
+        tracing::debug!(cluster = %cluster.name, error = %e, attempt, "connect failed; retrying");
     }
 }
 

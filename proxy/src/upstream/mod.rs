@@ -3,8 +3,14 @@
 //! (`Cluster::tls_for`: straitd's auto-mTLS on `tlsMode: istio`). Shared by the TCP and the HTTP
 //! paths.
 //!
-//! The balancer is a small trait so the `lb` module (priorities, panic threshold, outlier
-//! ejection) drops in; [`RoundRobin`] is the stand-in until then.
+//! The balancer is a small trait: [`Lb`] runs the `lb` module per cluster (priorities with
+//! spill-over, panic threshold, the cluster's policy, outlier ejection fed by [`Balancer::report`]);
+//! [`RoundRobin`] is the simplest stand-in.
+
+mod balance;
+
+pub use crate::lb::Outcome;
+pub use balance::Lb;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,10 +35,18 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 /// A boxed [`Io`].
 pub type BoxIo = Box<dyn Io>;
 
-/// Chooses an endpoint of a cluster.
+/// Chooses an endpoint of a cluster, and hears how it went.
 pub trait Balancer: Send + Sync + std::fmt::Debug {
-    /// One available endpoint of `assignment`, or none.
-    fn pick<'a>(&self, cluster: &Cluster, assignment: &'a LoadAssignment) -> Option<&'a Endpoint>;
+    /// One available endpoint of `assignment`, or none. Every pick is followed by exactly one
+    /// [`Balancer::report`].
+    fn pick<'a>(
+        &self,
+        cluster: &Cluster,
+        assignment: &'a Arc<LoadAssignment>,
+    ) -> Option<&'a Endpoint>;
+
+    /// How a request or connection to `endpoint` ended (outlier detection, least request).
+    fn report(&self, _cluster: &Cluster, _endpoint: &Endpoint, _outcome: Outcome) {}
 }
 
 /// Round robin over the available endpoints of the best priority that has any (Envoy's
@@ -43,7 +57,11 @@ pub struct RoundRobin {
 }
 
 impl Balancer for RoundRobin {
-    fn pick<'a>(&self, cluster: &Cluster, assignment: &'a LoadAssignment) -> Option<&'a Endpoint> {
+    fn pick<'a>(
+        &self,
+        cluster: &Cluster,
+        assignment: &'a Arc<LoadAssignment>,
+    ) -> Option<&'a Endpoint> {
         let best = assignment
             .localities
             .iter()
@@ -134,6 +152,11 @@ impl Upstreams {
                 .ok_or_else(|| ProxyError::NoHealthyUpstream(name.to_string()))?,
         };
         Ok((cluster, endpoint))
+    }
+
+    /// Tells the balancer how a pick ended.
+    pub fn report(&self, cluster: &Cluster, endpoint: &Endpoint, outcome: Outcome) {
+        self.balancer.report(cluster, endpoint, outcome);
     }
 
     /// Connects to `endpoint` of `cluster`: TCP within the connect timeout, then mTLS if the
