@@ -167,6 +167,8 @@ impl Sidecar {
 pub enum Protocol {
     /// HTTP: HTTP RBAC answers 403.
     Http,
+    /// HTTP/2 (h2 between the sidecars and to the app), as HTTP otherwise.
+    Http2,
     /// TCP: network RBAC closes the connection.
     Tcp,
 }
@@ -175,6 +177,7 @@ impl Protocol {
     fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "HTTP",
+            Protocol::Http2 => "HTTP2",
             Protocol::Tcp => "TCP",
         }
     }

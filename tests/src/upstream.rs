@@ -1,4 +1,4 @@
-//! An HTTP/1.1 echo server to stand behind proxies, and a tiny HTTP/1.1 client.
+//! An HTTP echo server (HTTP/1.1 and h2c) to stand behind proxies, and a tiny HTTP/1.1 client.
 //!
 //! [`EchoServer`] answers every request with `200` and the body `upstream=<name>` (header
 //! `x-upstream: <name>`) and counts requests, so a test sees which upstream a proxy chose.
@@ -149,9 +149,13 @@ async fn serve(
                     async move { response }
                 });
                 conns.spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    // HTTP/1.1, or HTTP/2 with prior knowledge (a sidecar's cluster for an
+                    // HTTP2 or GRPC port speaks h2c to the app).
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}

@@ -5,6 +5,8 @@
 //! - HTTP over mTLS: sleep → httpbin succeeds and the app sees `x-forwarded-client-cert` naming
 //!   sleep; intruder (another service account) gets 403 from httpbin's RBAC; plaintext to the
 //!   STRICT port gets nothing.
+//! - HTTP/2 over mTLS: the same with an HTTP2 port (h2 between the sidecars and to the app,
+//!   and a downstream h2c request).
 //! - TCP over mTLS: the same with a TCP port (network RBAC closes the intruder's connection).
 //! - A weighted split (VirtualService 80/20) over 1000 requests.
 
@@ -32,7 +34,7 @@ async fn mtls_scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
     .await;
     let (status, body) = first.with_context(|| m.logs())?;
     ensure!(body.contains(&m.app.body()), "{status} {body}");
-    if protocol == Protocol::Http {
+    if protocol != Protocol::Tcp {
         // Both overwrite `server` with their own name (Envoy's default transformation), which
         // also shows which proxy answered.
         let r = http_request(m.client(), "GET", HTTPBIN, "/").await?;
@@ -56,11 +58,16 @@ async fn mtls_scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
         );
     }
     match (protocol, http_get(m.intruder(), HTTPBIN, "/").await) {
-        (Protocol::Http, Ok((403, body))) => {
+        (Protocol::Http | Protocol::Http2, Ok((403, body))) => {
             ensure!(body.contains("RBAC: access denied"), "403 body: {body}")
         }
         (Protocol::Tcp, Err(_)) => {}
         (_, other) => bail!("the intruder got {other:?}\n{}", m.logs()),
+    }
+    if protocol == Protocol::Http2 {
+        // HTTP/2 downstream too (prior knowledge; the listeners' codec is AUTO).
+        let status = h2c_get(m.client(), HTTPBIN, "/h2").await?;
+        ensure!(status == 200, "h2c through the sidecars: {status}");
     }
     if let Ok((200, body)) = http_get(m.server(), HTTPBIN, "/").await {
         bail!("plaintext reached the STRICT sidecar: {body}");
@@ -79,6 +86,36 @@ async fn http_mtls_and_authorization_envoy() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_mtls_and_authorization_strait() -> Result<()> {
     mtls_scenario(SidecarKind::Strait, Protocol::Http).await
+}
+
+/// One GET over HTTP/2 with prior knowledge; the status.
+async fn h2c_get(addr: SocketAddr, authority: &str, path: &str) -> Result<u16> {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::get(format!("http://{authority}{path}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let response = sender.send_request(req).await?;
+        Ok::<_, anyhow::Error>(response.status().as_u16())
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .context("h2c request timed out")?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_mtls_and_authorization_envoy() -> Result<()> {
+    mtls_scenario(SidecarKind::Envoy, Protocol::Http2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_mtls_and_authorization_strait() -> Result<()> {
+    mtls_scenario(SidecarKind::Strait, Protocol::Http2).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
