@@ -121,12 +121,17 @@ pub fn server_config(
 
 /// Accepts TCP connections and yields those that complete a TLS handshake in time; failures are
 /// logged with the peer address and dropped.
+/// Most handshakes in progress at once; beyond it new connections are dropped, so a flood of
+/// slow clients costs bounded memory (each also has [`HANDSHAKE_DEADLINE`]).
+pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
 pub fn accept(
     listener: TcpListener,
     config: rustls::ServerConfig,
 ) -> mpsc::Receiver<std::io::Result<TlsStream<TcpStream>>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = mpsc::channel(64);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = match listener.accept().await {
@@ -139,8 +144,18 @@ pub fn accept(
             if tx.is_closed() {
                 return;
             }
+            // gRPC answers are small writes; without this each one waits for the peer's delayed
+            // ACK (~40 ms a call on Linux).
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(%peer, error = %e, "TCP_NODELAY not set");
+            }
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, limit = MAX_PENDING_HANDSHAKES, "too many TLS handshakes in progress; connection dropped");
+                continue;
+            };
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
