@@ -16,6 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api;
 use crate::ca::token::DEFAULT_AUDIENCE;
 use crate::ca::tokenreview::{self, TokenReviewer};
+use crate::dns::HostResolver;
 use crate::identity::{self, Identity};
 use crate::model::mesh::ExportDefault;
 use crate::store::{ConfigStore, MemoryStore, SledStore};
@@ -53,6 +54,8 @@ pub struct Config {
     pub token_review_timeout: Duration,
     /// Which services the east-west gateway exports when their ServiceEntry does not say.
     pub export_default: ExportDefault,
+    /// The DNS server for gateways registered by host name; `None`: the system's resolver.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -70,6 +73,7 @@ impl Default for Config {
             kubeconfig: None,
             token_review_timeout: tokenreview::DEFAULT_TIMEOUT,
             export_default: ExportDefault::All,
+            dns_server: None,
             debounce: Debounce {
                 quiet: Duration::from_millis(20),
                 max: Duration::from_millis(200),
@@ -119,8 +123,24 @@ impl App {
                 Arc::new(MemoryStore::new())
             }
         };
-        let first = push::build(store.as_ref(), &config.network, config.export_default)
-            .context("reading the store")?;
+        let dns = match config.dns_server {
+            Some(server) => Some(HostResolver::with_nameserver(server)?),
+            None => HostResolver::system()
+                .inspect_err(|e| {
+                    tracing::warn!(
+                        error = %e,
+                        "no DNS: east-west gateways registered by host name stay unreachable"
+                    )
+                })
+                .ok(),
+        };
+        let inputs = push::Inputs {
+            store: store.clone(),
+            network: config.network.clone(),
+            export: config.export_default,
+            dns,
+        };
+        let first = inputs.build().context("reading the store")?;
         tracing::info!(
             revision = first.version,
             services = first.mesh.services.len(),
@@ -164,13 +184,7 @@ impl App {
         };
 
         let mut tasks = JoinSet::new();
-        tasks.spawn(push::run(
-            store.clone(),
-            config.network.clone(),
-            config.export_default,
-            snap_tx,
-            config.debounce,
-        ));
+        tasks.spawn(push::run(inputs, snap_tx, config.debounce));
         let (tls_identity, tls_shared, cluster) =
             (identity.clone(), shared.clone(), config.cluster_id.clone());
         tasks.spawn(async move {

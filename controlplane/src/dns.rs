@@ -255,28 +255,28 @@ async fn resolve(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod fake {
     use std::collections::HashMap;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddr};
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     use hickory_proto::op::{Message, MessageType, ResponseCode};
     use hickory_proto::rr::rdata::A;
     use hickory_proto::rr::{RData, Record, RecordType};
     use tokio::net::UdpSocket;
-
-    use super::*;
+    use tokio::task::JoinHandle;
 
     type Table = Arc<Mutex<HashMap<String, (Vec<Ipv4Addr>, u32)>>>;
 
     /// A DNS server on loopback answering A queries from a table that tests change; AAAA
     /// queries get an empty answer. `silent` makes it drop every query (an outage); `queries`
     /// counts every packet received.
-    struct FakeDns {
-        addr: SocketAddr,
+    pub(crate) struct FakeDns {
+        pub(crate) addr: SocketAddr,
         records: Table,
-        queries: Arc<AtomicUsize>,
-        silent: Arc<AtomicBool>,
+        pub(crate) queries: Arc<AtomicUsize>,
+        pub(crate) silent: Arc<AtomicBool>,
         task: JoinHandle<()>,
     }
 
@@ -287,7 +287,7 @@ mod tests {
     }
 
     impl FakeDns {
-        async fn start() -> FakeDns {
+        pub(crate) async fn start() -> FakeDns {
             let sock = UdpSocket::bind("127.0.0.1:0")
                 .await
                 .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -347,7 +347,7 @@ mod tests {
             }
         }
 
-        fn set(&self, host: &str, ips: &[&str], ttl: u32) {
+        pub(crate) fn set(&self, host: &str, ips: &[&str], ttl: u32) {
             let ips = ips
                 .iter()
                 .map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
@@ -358,6 +358,14 @@ mod tests {
                 .insert(host.to_string(), (ips, ttl));
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::fake::FakeDns;
+    use super::*;
 
     async fn wait_for(
         r: &HostResolver,

@@ -68,6 +68,10 @@ struct Args {
     /// exports every service) or `none`.
     #[arg(long, env = "STRAIT_EXPORT_DEFAULT", default_value = "all", value_parser = ["all", "none"])]
     export_default: String,
+    /// DNS server (`ip:port`) for east-west gateways registered by host name; default: the
+    /// system's resolver (`/etc/resolv.conf`).
+    #[arg(long, env = "STRAIT_DNS_SERVER")]
+    dns_server: Option<std::net::SocketAddr>,
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -89,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         ca_dir: args.ca_dir,
         kubeconfig: args.kubeconfig,
         token_review_timeout: Duration::from_millis(args.token_review_timeout_ms.max(1)),
+        dns_server: args.dns_server,
         export_default: if args.export_default == "none" {
             ExportDefault::None
         } else {

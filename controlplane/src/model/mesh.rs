@@ -101,6 +101,11 @@ pub struct Mesh {
     pub authorization_policies: Vec<Config<AuthorizationPolicy>>,
     /// Export of services whose ServiceEntry has no [`EXPORT_LABEL`] (straitd `--export-default`).
     pub export_default: ExportDefault,
+    /// East-west gateways as registered ([`super::network`]).
+    pub gateways: Vec<super::network::Gateway>,
+    /// Their addresses by network, host names resolved ([`Mesh::with_gateway_resolution`]);
+    /// a network missing here has no reachable gateway.
+    pub gateway_addrs: BTreeMap<String, Vec<std::net::SocketAddr>>,
 }
 
 impl Mesh {
@@ -114,6 +119,8 @@ impl Mesh {
             })
             .collect();
         let mut mesh = Mesh::default();
+        mesh.gateways = super::network::registered(resources);
+        mesh.gateway_addrs = super::network::addresses(&mesh.gateways, |_| Vec::new());
         for r in resources {
             let meta = r.meta.clone();
             match &r.spec {
@@ -240,6 +247,23 @@ fn endpoint(we: &WorkloadEntry, source: String) -> Endpoint {
 }
 
 impl Mesh {
+    /// Gateways registered by host name get the addresses `resolve` knows for them.
+    pub fn with_gateway_resolution(
+        mut self,
+        resolve: impl Fn(&str) -> Vec<std::net::IpAddr>,
+    ) -> Mesh {
+        self.gateway_addrs = super::network::addresses(&self.gateways, resolve);
+        self
+    }
+
+    /// Host names of gateways, to keep resolved.
+    pub fn gateway_host_names(&self) -> std::collections::BTreeSet<String> {
+        self.gateways
+            .iter()
+            .filter_map(|g| g.host_name().map(str::to_string))
+            .collect()
+    }
+
     /// Sets the export of services whose ServiceEntry does not say (straitd `--export-default`).
     pub fn with_export_default(mut self, default: ExportDefault) -> Mesh {
         self.export_default = default;

@@ -8,6 +8,7 @@ pub mod duration;
 mod kind;
 pub mod mesh;
 mod meta;
+pub mod network;
 pub mod networking;
 pub mod security;
 pub mod validate;

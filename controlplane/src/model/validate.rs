@@ -27,6 +27,14 @@ pub fn resource(r: &Resource) -> Result {
             format!("{v:?} is neither \"true\" nor \"false\""),
         );
     }
+    if let Some(v) = r.meta.labels.get(super::network::GATEWAY_PORT_LABEL)
+        && !v.parse::<u16>().is_ok_and(|p| p != 0)
+    {
+        return err(
+            format!("metadata.labels.{}", super::network::GATEWAY_PORT_LABEL),
+            format!("{v:?} is not a port number"),
+        );
+    }
     match &r.spec {
         Spec::ServiceEntry(s) => service_entry(s),
         Spec::WorkloadEntry(s) => workload_entry("spec", s),

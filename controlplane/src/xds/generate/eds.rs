@@ -1,9 +1,14 @@
-//! EDS: the endpoints of a cluster as one proxy must see them. Endpoints on another network are
-//! left out (a network is reachable only through its gateway, and gateways are not modelled
-//! yet), subsets keep only the endpoints their labels select, and localities get the
-//! priorities and weights of Istio's locality load balancing. Endpoints that can take Istio
-//! mutual TLS carry the metadata that selects it (see [`super::tls`]).
+//! EDS: the endpoints of a cluster as one proxy must see them, partitioned by network: endpoints
+//! on the proxy's network are given directly; those of another network appear as that network's
+//! east-west gateway addresses ([`crate::model::network`]), one per gateway and locality,
+//! weighted by the endpoints behind them — only for exported services, only for endpoints that
+//! take Istio mutual TLS (the gateway routes on the mTLS SNI and never decrypts), and a network
+//! without a reachable gateway is left out. Subsets keep only the endpoints their labels
+//! select, and localities get the priorities and weights of Istio's locality load balancing.
+//! Endpoints that can take Istio mutual TLS carry the metadata that selects it (see
+//! [`super::tls`]).
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use strait_proto::xds::envoy::config::core::v3::{Locality as EnvoyLocality, Metadata};
@@ -11,6 +16,8 @@ use strait_proto::xds::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use strait_proto::xds::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
 };
+
+use strait_proto::locality::LABEL_NETWORK;
 
 use crate::model::mesh::{Endpoint, Service, selects};
 use crate::model::networking::{ServicePort, Subset, TrafficPolicy};
@@ -44,7 +51,10 @@ fn load_assignment(scope: &Scope<'_>, name: &str) -> Option<ClusterLoadAssignmen
         s => Some(dr?.spec.subsets.iter().find(|x| x.name == s)?),
     };
     let policy = rules::traffic_policy(dr.map(|d| &d.spec), subset);
-    let ips = selected(scope.proxy, svc, subset).filter(|e| e.address.parse::<IpAddr>().is_ok());
+    let through_gateways = via_gateways(scope, svc, subset, port);
+    let ips = selected(scope.proxy, svc, subset)
+        .filter(|e| e.address.parse::<IpAddr>().is_ok())
+        .chain(through_gateways.iter());
     Some(assignment(
         scope,
         svc,
@@ -53,6 +63,58 @@ fn load_assignment(scope: &Scope<'_>, name: &str) -> Option<ClusterLoadAssignmen
         ips.collect(),
         Some(&policy),
     ))
+}
+
+/// Endpoints of `svc` on other networks, as their networks' gateways: per (network, locality),
+/// one endpoint per gateway address carrying the share of the weight behind it. Each keeps the
+/// network and locality of what it stands for, so locality failover and `failoverPriority` on
+/// `topology.istio.io/network` rank them as they would rank the endpoints themselves.
+fn via_gateways(
+    scope: &Scope<'_>,
+    svc: &Service,
+    subset: Option<&Subset>,
+    port: &ServicePort,
+) -> Vec<Endpoint> {
+    let proxy = scope.proxy;
+    if proxy.network.is_empty() || !svc.exported(scope.mesh.export_default) {
+        return Vec::new();
+    }
+    let mut behind: BTreeMap<(&str, &str), u32> = BTreeMap::new();
+    for e in svc.endpoints.iter().filter(|e| {
+        !e.network.is_empty()
+            && e.network != proxy.network
+            && subset.is_none_or(|s| selects(&s.labels, &e.labels))
+            && mtls_capable(scope, svc, e, port)
+    }) {
+        let w = behind
+            .entry((e.network.as_str(), e.locality.as_str()))
+            .or_default();
+        *w = w.saturating_add(e.weight.max(1));
+    }
+    let mut out = Vec::new();
+    for ((network, locality), weight) in behind {
+        let Some(gateways) = scope.mesh.gateway_addrs.get(network) else {
+            continue;
+        };
+        let share = (weight / gateways.len().max(1) as u32).max(1);
+        for gw in gateways {
+            out.push(Endpoint {
+                address: gw.ip().to_string(),
+                ports: [(port.name.clone(), u32::from(gw.port()))].into(),
+                labels: [
+                    (tls::TLS_MODE_LABEL.to_string(), "istio".to_string()),
+                    (LABEL_NETWORK.to_string(), network.to_string()),
+                ]
+                .into(),
+                network: network.to_string(),
+                locality: locality.to_string(),
+                weight: share,
+                service_account: String::new(),
+                source: format!("gateway of {network}"),
+            });
+        }
+    }
+    out
 }
 
 /// The endpoints of `svc` this proxy may use: selected by the subset's labels, and on the

@@ -338,3 +338,130 @@ fn distribute_sets_locality_weights() {
         "r2 and r4 get no traffic"
     );
 }
+
+/// `svc` with endpoints on n1 (the proxy's), n2 (behind two gateways) and n3 (no gateway).
+const PARTITIONED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  endpoints:
+  - {address: 198.18.1.1, network: n1, locality: r1/z1/s1, labels: {security.istio.io/tlsMode: istio, version: v1}}
+  - {address: 198.18.2.1, network: n2, locality: r1/z2/s1, labels: {security.istio.io/tlsMode: istio, version: v1}}
+  - {address: 198.18.2.2, network: n2, locality: r1/z2/s1, labels: {security.istio.io/tlsMode: istio, version: v2}}
+  - {address: 198.18.2.3, network: n2, locality: r2/z1/s1, labels: {security.istio.io/tlsMode: istio, version: v1}}
+  - {address: 198.18.2.4, network: n2, locality: r1/z2/s1, labels: {version: v1}}
+  - {address: 198.18.3.1, network: n3, locality: r1/z1/s1, labels: {security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: eastwest-n2
+  namespace: istio-system
+  labels: {topology.istio.io/network: n2}
+spec:
+  hosts: [eastwest.n2.example]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 15443, name: tls, protocol: TLS}]
+  endpoints: [{address: 198.18.20.1}, {address: 198.18.20.2}]
+"#;
+
+const API: &str = "outbound|8080||api.default.svc.cluster.local";
+
+#[test]
+fn other_networks_appear_as_their_gateways_weighted_by_what_is_behind_them() {
+    // No outlier detection, so no failover priorities: everything at priority 0.
+    let la = one(PARTITIONED, API);
+    let mut got = layout(&la);
+    got.iter_mut().for_each(|(_, _, a)| a.sort());
+    assert_eq!(
+        got,
+        vec![
+            (
+                "r1/z1/s1".to_string(),
+                0,
+                vec!["198.18.1.1:8080".to_string()]
+            ),
+            (
+                "r1/z2/s1".to_string(),
+                0,
+                vec![
+                    "198.18.20.1:15443".to_string(),
+                    "198.18.20.2:15443".to_string()
+                ]
+            ),
+            (
+                "r2/z1/s1".to_string(),
+                0,
+                vec![
+                    "198.18.20.1:15443".to_string(),
+                    "198.18.20.2:15443".to_string()
+                ]
+            ),
+        ],
+        "n2's mTLS-capable endpoints become its gateways, per locality; n3 (no gateway) and \
+         n2's endpoint without a sidecar are left out; no address of another network leaks"
+    );
+    // Two mTLS endpoints behind r1/z2 split across two gateways: weight 1 each; they go over
+    // mutual TLS (the tlsMode metadata selects the cluster's mTLS socket, whose SNI the
+    // gateway routes on).
+    let z2 = &la.endpoints[1];
+    for e in &z2.lb_endpoints {
+        assert_eq!(e.load_balancing_weight.as_ref().map(|w| w.value), Some(1));
+        assert!(e.metadata.is_some(), "gateway endpoints must use mTLS");
+    }
+    assert_eq!(z2.load_balancing_weight.as_ref().map(|w| w.value), Some(2));
+}
+
+#[test]
+fn subsets_unexported_services_and_proxies_without_a_network() {
+    let dr = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api.default.svc.cluster.local\n  subsets: [{name: v2, labels: {version: v2}}]\n";
+    let yaml = format!("{PARTITIONED}{dr}");
+    let v2 = one(&yaml, "outbound|8080|v2|api.default.svc.cluster.local");
+    let mut a = addresses(&v2);
+    a.sort();
+    assert_eq!(
+        a,
+        ["198.18.20.1:15443", "198.18.20.2:15443"],
+        "only the gateway stands for n2's v2"
+    );
+
+    let unexported = PARTITIONED.replacen(
+        "metadata: {name: api}",
+        "metadata: {name: api, labels: {networking.strait.io/export: \"false\"}}",
+        1,
+    );
+    assert_eq!(addresses(&one(&unexported, API)), ["198.18.1.1:8080"]);
+
+    let mut lonely = proxy();
+    lonely.network = String::new();
+    let la = endpoints(&mesh(PARTITIONED), &lonely, &[API.to_string()]);
+    assert!(
+        addresses(&la[0]).iter().all(|a| !a.ends_with(":15443")),
+        "a proxy on no network gets no gateway endpoints"
+    );
+}
+
+#[test]
+fn gateway_endpoints_keep_their_locality_for_failover() {
+    let dr = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api.default.svc.cluster.local\n  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 5}}\n";
+    let yaml = format!("{PARTITIONED}{dr}");
+    let got: Vec<(String, u32)> = layout(&one(&yaml, API))
+        .into_iter()
+        .map(|(l, p, _)| (l, p))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("r1/z1/s1".to_string(), 0),
+            ("r1/z2/s1".to_string(), 1),
+            ("r2/z1/s1".to_string(), 2)
+        ],
+        "same subzone first, then the same region through n2's gateway, then the rest"
+    );
+}
