@@ -3,6 +3,7 @@
 //! half-close, counting bytes for `istio_tcp_sent_bytes_total` /
 //! `istio_tcp_received_bytes_total`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,18 +44,20 @@ pub fn choose_cluster(target: &ClusterTarget) -> &str {
     }
 }
 
-/// Proxies `downstream` to the tcp_proxy's cluster until both sides are done, or `drain`
-/// turns true and the drain period (the caller's) ends by dropping this future.
+/// Proxies `downstream` to the tcp_proxy's cluster until both sides are done (or the caller's
+/// drain period ends by dropping this future). `original`: a captured connection's original
+/// destination, where ORIGINAL_DST clusters (Passthrough) connect.
 pub async fn proxy(
     mut downstream: BoxIo,
     tcp: &TcpProxy,
+    original: Option<SocketAddr>,
     config: &watch::Receiver<Arc<Config>>,
     upstreams: &Upstreams,
     counters: &TcpCounters,
 ) -> Result<(u64, u64), ProxyError> {
     let snapshot = config.borrow().clone();
     let name = choose_cluster(&tcp.target);
-    let (cluster, endpoint) = upstreams.pick(&snapshot, name)?;
+    let (cluster, endpoint) = upstreams.pick(&snapshot, name, original)?;
     drop(snapshot);
     let mut up = match upstreams.connect(&cluster, &endpoint).await {
         Ok(up) => up,

@@ -69,12 +69,25 @@ impl Sidecar {
         ip: IpAddr,
         ttl: Duration,
     ) -> Result<Sidecar> {
+        Self::start_with(kind, straitd, app, sa, ip, ttl, "NONE").await
+    }
+
+    /// [`Sidecar::start`] with another `INTERCEPTION_MODE` (`REDIRECT`: capture listeners).
+    pub async fn start_with(
+        kind: SidecarKind,
+        straitd: &Straitd,
+        app: &str,
+        sa: &str,
+        ip: IpAddr,
+        ttl: Duration,
+        interception: &str,
+    ) -> Result<Sidecar> {
         match kind {
             SidecarKind::Envoy => {
                 let agent = SdsAgent::start(straitd, "default", sa, ttl).await?;
                 let mut meta = IstioMeta::new(app, "default");
                 meta.network = "network1".into();
-                meta.interception_mode = "NONE".into();
+                meta.interception_mode = interception.into();
                 let node = Node::istio_sidecar(NODE_IP.parse()?, &format!("{app}-1"), &meta);
                 let mut bootstrap = xds_bootstrap(&node, straitd.xds(), XdsMode::Delta);
                 add_sds_cluster(&mut bootstrap, agent.socket());
@@ -95,7 +108,7 @@ impl Sidecar {
                         .args(["--node-ip", NODE_IP])
                         .args(["--pod", &format!("{app}-1"), "--namespace", "default"])
                         .args(["--workload", app, "--label", &format!("app={app}")])
-                        .args(["--interception-mode", "NONE", "--cluster", "cluster1"])
+                        .args(["--interception-mode", interception, "--cluster", "cluster1"])
                         .args(["--network", "network1"])
                         .args(["--ca-address", &format!("https://{}:15012", straitd.ip)])
                         .arg("--root-cert")

@@ -79,6 +79,8 @@ pub struct Downstream {
     pub sni: Option<String>,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The original destination, for captured connections (ORIGINAL_DST clusters go there).
+    pub original_dst: Option<SocketAddr>,
 }
 
 /// Serves HTTP on `io` until the client is done, or `drain` turns true (then in-flight
@@ -237,7 +239,8 @@ async fn forward(
         RouteActionConfig::Forward(f) => f,
     };
     let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
-    let connecting = connect(ctx, &config, choose_cluster(&forward.target), forward);
+    let target = (choose_cluster(&forward.target), down.original_dst);
+    let connecting = connect(ctx, &config, target, forward);
     let (checkout, h2, cluster, endpoint) = within(deadline, connecting).await??;
     drop(config);
     // The request as it goes upstream.
@@ -304,7 +307,7 @@ async fn within<T>(
 async fn connect(
     ctx: &Context,
     config: &Config,
-    cluster: &str,
+    (cluster, original): (&str, Option<SocketAddr>),
     forward: &Forward,
 ) -> Result<(Checkout, bool, Arc<crate::config::Cluster>, Endpoint), ProxyError> {
     let retries = forward
@@ -314,7 +317,7 @@ async fn connect(
         .map_or(0, |r| r.num_retries);
     let mut attempt = 0;
     loop {
-        let (cluster, endpoint) = ctx.upstreams.pick(config, cluster)?;
+        let (cluster, endpoint) = ctx.upstreams.pick(config, cluster, original)?;
         let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
         let e = match ctx.pool.checkout(&ctx.upstreams, &cluster, &endpoint).await {
             Ok(c) => return Ok((c, h2, cluster, endpoint)),

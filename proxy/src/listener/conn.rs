@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::capture::{self, Handoff};
 use super::chain::{self, Facts};
 use super::{Compiled, Context, Terminal};
 use crate::authz;
@@ -22,18 +23,30 @@ const INSPECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `handoff`: for a `use_original_dst` listener, the listeners it hands connections to.
 pub(super) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     listener: Arc<Compiled>,
+    handoff: Option<Arc<Handoff>>,
     ctx: Arc<Context>,
     drain: watch::Receiver<bool>,
 ) {
-    let name = listener.name.clone();
     let local = match tcp.local_addr() {
         Ok(a) => a,
         Err(_) => return,
     };
+    // Capture: the original destination stands for the local address from here on (chain
+    // choice, RBAC, ORIGINAL_DST clusters), and picks the listener.
+    let original = handoff
+        .as_ref()
+        .and_then(|_| capture::original_dst(&tcp))
+        .filter(|o| *o != local);
+    let (listener, local) = match (&handoff, original) {
+        (Some(h), Some(o)) => (capture::handoff(h, o).unwrap_or(listener), o),
+        _ => (listener, local),
+    };
+    let name = listener.name.clone();
     let _ = tcp.set_nodelay(true);
     let detected = if listener.spec.tls_inspector {
         match crate::tls::detect(&tcp, INSPECT_TIMEOUT).await {
@@ -91,7 +104,8 @@ pub(super) async fn serve(
     }
     match &chain.terminal {
         Terminal::Tcp(t) => {
-            if let Err(e) = tcp::proxy(io, t, &ctx.config, &ctx.upstreams, &ctx.tcp).await {
+            if let Err(e) = tcp::proxy(io, t, original, &ctx.config, &ctx.upstreams, &ctx.tcp).await
+            {
                 tracing::info!(listener = %name, chain = %chain.name, %peer, error = %e, blame = ?e.blame(), flag = e.flag(), "tcp_proxy failed");
             }
         }
@@ -100,6 +114,7 @@ pub(super) async fn serve(
                 peer,
                 local,
                 tls: chain.tls.is_some(),
+                original_dst: original,
                 peer_id,
                 client_cert,
                 sni,

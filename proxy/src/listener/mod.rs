@@ -4,11 +4,16 @@
 //! listener stops accepting and drains: HTTP connections finish their requests and close
 //! (GOAWAY / `Connection: close`), the rest get [`DRAIN_TIMEOUT`] before they are cut.
 //!
+//! Listeners with `bind_to_port: false` are compiled too and handed connections that a
+//! `use_original_dst` listener (capture, `virtualOutbound`) accepted for their address
+//! ([`capture`]).
+//!
 //! Each filter chain is compiled once per listener version ([`Compiled`]): its TLS server,
 //! its network and HTTP RBAC (the `authz` module). A chain whose RBAC cannot be compiled, or
 //! that wants TLS without a workload certificate, is kept but refuses every connection with a
 //! log naming the listener: a policy is never skipped.
 
+mod capture;
 mod chain;
 mod conn;
 
@@ -260,9 +265,12 @@ async fn run(
 ) {
     let mut config = ctx.config.clone();
     let mut active: HashMap<String, Active> = HashMap::new();
+    let (handoff, handoff_rx) = watch::channel(Arc::new(capture::Handoff::new()));
+    let mut unbound: HashMap<String, (Arc<Listener>, Arc<Compiled>)> = HashMap::new();
     loop {
         let snapshot = config.borrow_and_update().clone();
-        let all_bound = reconcile(&ctx, &snapshot, &mut active).await;
+        handoff.send_replace(Arc::new(handoff_listeners(&ctx, &snapshot, &mut unbound)));
+        let all_bound = reconcile(&ctx, &snapshot, &mut active, &handoff_rx).await;
         bound.send_replace(active.iter().map(|(n, a)| (n.clone(), a.address)).collect());
         tokio::select! {
             changed = config.changed() => if changed.is_err() { break },
@@ -282,11 +290,41 @@ async fn run(
     }
 }
 
+/// The `bind_to_port: false` listeners by address, compiled (again only when changed).
+fn handoff_listeners(
+    ctx: &Context,
+    config: &Config,
+    cache: &mut HashMap<String, (Arc<Listener>, Arc<Compiled>)>,
+) -> capture::Handoff {
+    cache.retain(|name, (spec, _)| {
+        config
+            .listeners
+            .get(name)
+            .is_some_and(|l| !l.bind_to_port && (Arc::ptr_eq(l, spec) || **l == **spec))
+    });
+    let mut out = capture::Handoff::new();
+    for (name, spec) in config.listeners.iter().filter(|(_, l)| !l.bind_to_port) {
+        let compiled = cache
+            .entry(name.clone())
+            .or_insert_with(|| {
+                (
+                    spec.clone(),
+                    Arc::new(Compiled::new(spec.clone(), ctx.certs.as_ref())),
+                )
+            })
+            .1
+            .clone();
+        out.insert(spec.address, compiled);
+    }
+    out
+}
+
 /// Brings the running listeners in line with `config`; false if some could not be bound.
 async fn reconcile(
     ctx: &Arc<Context>,
     config: &Config,
     active: &mut HashMap<String, Active>,
+    handoff: &watch::Receiver<Arc<capture::Handoff>>,
 ) -> bool {
     let wanted: HashMap<&String, &Arc<Listener>> = config
         .listeners
@@ -327,7 +365,13 @@ async fn reconcile(
         let (update, update_rx) =
             watch::channel(Arc::new(Compiled::new(spec.clone(), ctx.certs.as_ref())));
         let (stop, stop_rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(tcp, update_rx, stop_rx, ctx.clone()));
+        let task = tokio::spawn(accept_loop(
+            tcp,
+            update_rx,
+            stop_rx,
+            handoff.clone(),
+            ctx.clone(),
+        ));
         active.insert(
             name.clone(),
             Active {
@@ -346,6 +390,7 @@ async fn accept_loop(
     tcp: TcpListener,
     compiled: watch::Receiver<Arc<Compiled>>,
     mut stop: watch::Receiver<bool>,
+    handoff: watch::Receiver<Arc<capture::Handoff>>,
     ctx: Arc<Context>,
 ) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -362,8 +407,9 @@ async fn accept_loop(
                         continue;
                     };
                     let (l, ctx, drain) = (compiled.borrow().clone(), ctx.clone(), drain_rx.clone());
+                    let handoff = l.spec.use_original_dst.then(|| handoff.borrow().clone());
                     conns.spawn(async move {
-                        conn::serve(stream, peer, l, ctx, drain).await;
+                        conn::serve(stream, peer, l, handoff, ctx, drain).await;
                         drop(permit);
                     });
                 }

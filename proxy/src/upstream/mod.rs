@@ -129,22 +129,32 @@ impl Upstreams {
         }
     }
 
-    /// The cluster `name` and one of its endpoints.
+    /// The cluster `name` and one of its endpoints; for an ORIGINAL_DST cluster, `original`
+    /// (a captured connection's destination; none: refused, it would loop back to us).
     pub fn pick(
         &self,
         config: &Config,
         name: &str,
+        original: Option<SocketAddr>,
     ) -> Result<(Arc<Cluster>, Endpoint), ProxyError> {
         let cluster = config
             .cluster(name)
             .ok_or_else(|| ProxyError::NoCluster(name.to_string()))?
             .clone();
         let endpoint = match &cluster.discovery {
-            Discovery::OriginalDst => {
-                return Err(ProxyError::Unsupported(format!(
-                    "ORIGINAL_DST cluster {name:?} without capture"
-                )));
-            }
+            Discovery::OriginalDst => match original {
+                Some(addr) => Endpoint {
+                    address: EndpointAddress::Socket(addr),
+                    weight: 1,
+                    health: crate::config::Health::Healthy,
+                    transport_socket_match: Default::default(),
+                },
+                None => {
+                    return Err(ProxyError::Unsupported(format!(
+                        "ORIGINAL_DST cluster {name:?} for a connection that was not captured"
+                    )));
+                }
+            },
             _ => config
                 .load_assignment(&cluster)
                 .and_then(|a| self.balancer.pick(&cluster, a))
