@@ -10,14 +10,16 @@
 //! - [`envoy`]: a stock Envoy with an Istio-style bootstrap, and its admin API;
 //! - [`mesh`]: a small mTLS mesh whose sidecars are stock Envoys or strait-proxy (conformance);
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client;
+//! - [`loadgen`]: an open-loop load generator (latency from the intended send time) and its echo app;
 //! - [`topology`]: networks on one machine from network namespaces (hosts, gateways, a wan).
 
 pub mod agent;
 pub mod bins;
 pub mod controlplane;
 pub mod envoy;
-pub mod mesh;
 pub mod fixtures;
+pub mod loadgen;
+pub mod mesh;
 pub mod ports;
 pub mod process;
 pub mod topology;
