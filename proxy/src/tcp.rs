@@ -59,6 +59,7 @@ pub async fn proxy(
     let name = choose_cluster(&tcp.target);
     let (cluster, endpoint) = upstreams.pick(&snapshot, name, original)?;
     drop(snapshot);
+    let _slot = upstreams.admit(&cluster, cluster.circuit_breakers.max_connections)?;
     let mut up = match upstreams.connect(&cluster, &endpoint).await {
         Ok(up) => up,
         Err(e) => {

@@ -241,7 +241,8 @@ async fn forward(
     let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
     let target = (choose_cluster(&forward.target), down.original_dst);
     let connecting = connect(ctx, &config, target, forward);
-    let (checkout, h2, cluster, endpoint) = within(deadline, connecting).await??;
+    let chosen = within(deadline, connecting).await??;
+    let h2 = chosen.h2;
     drop(config);
     // The request as it goes upstream.
     let h = req.headers_mut();
@@ -271,14 +272,15 @@ async fn forward(
         req.headers_mut().insert(HOST, v);
     }
     let req = req.map(|b| b.boxed_unsync());
-    let response = within(deadline, ctx.pool.send(checkout, req))
+    let response = within(deadline, ctx.pool.send(chosen.checkout, req))
         .await
         .and_then(|r| r);
     let outcome = match &response {
         Ok(r) => Outcome::Http(r.status().as_u16()),
         Err(_) => Outcome::LocalOriginFailure,
     };
-    ctx.upstreams.report(&cluster, &endpoint, outcome);
+    ctx.upstreams
+        .report(&chosen.cluster, &chosen.endpoint, outcome);
     let response = response?;
     let mut response = response.map(|b| b.boxed_unsync());
     let h = response.headers_mut();
@@ -300,7 +302,18 @@ async fn within<T>(
     }
 }
 
-/// An upstream connection for the route, and whether it speaks HTTP/2. A connect failure is
+/// Where a request goes.
+struct Chosen {
+    checkout: Checkout,
+    /// Whether the connection speaks HTTP/2.
+    h2: bool,
+    cluster: Arc<crate::config::Cluster>,
+    endpoint: Endpoint,
+    /// Counts against the cluster's `max_requests` until the response headers are in.
+    _slot: crate::upstream::Admitted,
+}
+
+/// An upstream connection for the route. A connect failure is
 /// retried on another pick when the route's retry policy says `connect-failure` (or
 /// `reset-before-request`): the request has not left, so nothing can be sent twice. Retries
 /// that would replay a sent request (5xx, reset, status codes) are not implemented yet.
@@ -309,7 +322,7 @@ async fn connect(
     config: &Config,
     (cluster, original): (&str, Option<SocketAddr>),
     forward: &Forward,
-) -> Result<(Checkout, bool, Arc<crate::config::Cluster>, Endpoint), ProxyError> {
+) -> Result<Chosen, ProxyError> {
     let retries = forward
         .retry
         .as_ref()
@@ -318,9 +331,20 @@ async fn connect(
     let mut attempt = 0;
     loop {
         let (cluster, endpoint) = ctx.upstreams.pick(config, cluster, original)?;
+        let slot = ctx
+            .upstreams
+            .admit(&cluster, cluster.circuit_breakers.max_requests)?;
         let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
         let e = match ctx.pool.checkout(&ctx.upstreams, &cluster, &endpoint).await {
-            Ok(c) => return Ok((c, h2, cluster, endpoint)),
+            Ok(checkout) => {
+                return Ok(Chosen {
+                    checkout,
+                    h2,
+                    cluster,
+                    endpoint,
+                    _slot: slot,
+                });
+            }
             Err(e) => e,
         };
         ctx.upstreams

@@ -229,6 +229,21 @@ mod tests {
     }
 
     #[test]
+    fn circuit_breakers_bound_what_is_in_flight() {
+        let up = super::super::Upstreams::new(None, Box::new(Lb::default()));
+        let c = cluster(false);
+        let first = up.admit(&c, 2);
+        let second = up.admit(&c, 2);
+        assert!(first.is_ok() && second.is_ok());
+        assert!(matches!(
+            up.admit(&c, 2),
+            Err(crate::error::ProxyError::Overflow(_))
+        ));
+        drop(first);
+        assert!(up.admit(&c, 2).is_ok(), "a freed slot is reusable");
+    }
+
+    #[test]
     fn priorities_first_and_outliers_ejected() {
         let lb = Lb::default();
         let c = cluster(true);

@@ -87,6 +87,16 @@ impl Balancer for RoundRobin {
     }
 }
 
+/// A slot of a cluster's circuit breaker, freed on drop.
+#[derive(Debug)]
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// An open upstream connection.
 pub struct Connected {
     /// The stream (TLS or plain).
@@ -113,6 +123,9 @@ impl std::fmt::Debug for Connected {
 pub struct Upstreams {
     client_tls: Option<ClientTls>,
     balancer: Box<dyn Balancer>,
+    /// In-flight requests (HTTP) or connections (TCP) per cluster, against its circuit
+    /// breakers.
+    inflight: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// Built rustls client configs per cluster, rebuilt when the cluster's TLS config changes
     /// (building one per connection would cost a config build per handshake).
     tls_cache: Mutex<HashMap<String, (TlsConfig, UpstreamTls)>>,
@@ -125,6 +138,7 @@ impl Upstreams {
         Upstreams {
             client_tls,
             balancer,
+            inflight: Mutex::new(HashMap::new()),
             tls_cache: Mutex::new(HashMap::new()),
         }
     }
@@ -162,6 +176,25 @@ impl Upstreams {
                 .ok_or_else(|| ProxyError::NoHealthyUpstream(name.to_string()))?,
         };
         Ok((cluster, endpoint))
+    }
+
+    /// Admits one more request or connection to `cluster` if it stays within `limit` (the
+    /// cluster's `max_requests` for HTTP, `max_connections` for TCP); the slot is freed when
+    /// the guard drops. Over the limit: [`ProxyError::Overflow`] (Envoy's `UO`).
+    pub fn admit(&self, cluster: &Cluster, limit: u32) -> Result<Admitted, ProxyError> {
+        let counter = self
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(cluster.name.clone())
+            .or_default()
+            .clone();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if counter.fetch_add(1, Ordering::AcqRel) >= limit {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return Err(ProxyError::Overflow(cluster.name.clone()));
+        }
+        Ok(Admitted(counter))
     }
 
     /// Tells the balancer how a pick ended.
