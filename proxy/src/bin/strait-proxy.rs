@@ -26,24 +26,25 @@ struct Args {
     command: Command,
 }
 
-/// The CA and certificate flags `run` and `sds` share.
+/// The CA and certificate flags `run` and `sds` share. `--ca-address` needs `--root-cert` and
+/// `--identity`; `run` without it runs without a workload certificate (plaintext only).
 #[derive(Debug, clap::Args)]
 struct CaArgs {
     /// The CA: `https://<host>:15012` (the control plane, or the east-west gateway before it).
-    #[arg(long, env = "CA_ADDR")]
-    ca_address: String,
+    #[arg(long, env = "CA_ADDR", requires_all = ["root_cert", "identity"])]
+    ca_address: Option<String>,
     /// Name the CA's certificate must carry (default: Istio's `istiod.istio-system.svc`).
     #[arg(long, default_value = "istiod.istio-system.svc")]
     ca_server_name: String,
     /// The mesh root certificate (PEM), the trust anchor for the CA and for peers.
-    #[arg(long)]
-    root_cert: PathBuf,
+    #[arg(long, requires = "ca_address")]
+    root_cert: Option<PathBuf>,
     /// The bootstrap token file (re-read at each use, so a rotated token is picked up).
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// This workload's identity, `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
-    #[arg(long)]
-    identity: SpiffeId,
+    #[arg(long, requires = "ca_address")]
+    identity: Option<SpiffeId>,
     /// Certificate lifetime to ask for, in seconds (the CA may shorten it).
     #[arg(long, default_value_t = 24 * 3600)]
     ttl_seconds: u64,
@@ -53,14 +54,21 @@ struct CaArgs {
 }
 
 impl CaArgs {
-    fn manager_config(self, cluster: &str) -> CertManagerConfig {
-        let mut ca = CaClientConfig::new(self.ca_address, self.root_cert, cluster);
+    /// The certificate manager's config; None without `--ca-address` (clap enforces that
+    /// `--root-cert` and `--identity` come with it).
+    fn manager_config(self, cluster: &str) -> Option<CertManagerConfig> {
+        let (Some(address), Some(root), Some(identity)) =
+            (self.ca_address, self.root_cert, self.identity)
+        else {
+            return None;
+        };
+        let mut ca = CaClientConfig::new(address, root, cluster);
         ca.server_name = Some(self.ca_server_name);
         ca.token_file = self.token_file;
-        let mut config = CertManagerConfig::new(ca, self.identity);
+        let mut config = CertManagerConfig::new(ca, identity);
         config.ttl = Duration::from_secs(self.ttl_seconds);
         config.cache_dir = self.cache_dir;
-        config
+        Some(config)
     }
 }
 
@@ -102,7 +110,7 @@ struct RunArgs {
     mesh_id: String,
     /// The workload certificate (leave out `--ca-address` to run without mTLS).
     #[command(flatten)]
-    ca: Option<CaArgs>,
+    ca: CaArgs,
     /// Also serve the certificate over SDS on this socket.
     #[arg(long)]
     sds_socket: Option<PathBuf>,
@@ -145,7 +153,7 @@ impl RunArgs {
         RunConfig {
             xds: XdsConfig::new(self.xds_address, node),
             xds_server_name: self.xds_server_name,
-            certs: self.ca.map(|ca| ca.manager_config(&self.cluster)),
+            certs: self.ca.manager_config(&self.cluster),
             sds_socket: self.sds_socket,
             admin: self.admin_address,
             health: self.health_address,
@@ -184,7 +192,10 @@ async fn main() -> anyhow::Result<()> {
             ca,
             cluster,
             sds_socket,
-        } => sds(ca.manager_config(&cluster), sds_socket).await,
+        } => match ca.manager_config(&cluster) {
+            Some(config) => sds(config, sds_socket).await,
+            None => anyhow::bail!("sds needs --ca-address, --root-cert and --identity"),
+        },
     }
 }
 
