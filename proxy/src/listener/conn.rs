@@ -37,13 +37,16 @@ pub(super) async fn serve(
         Err(_) => return,
     };
     // Capture: the original destination stands for the local address from here on (chain
-    // choice, RBAC, ORIGINAL_DST clusters), and picks the listener.
-    let original = handoff
-        .as_ref()
-        .and_then(|_| capture::original_dst(&tcp))
+    // choice by destination port, RBAC, ORIGINAL_DST clusters): with `use_original_dst` it
+    // also picks the listener (virtualOutbound), with the `original_dst` listener filter alone
+    // it only informs this listener's chains (virtualInbound).
+    let original = (handoff.is_some() || listener.spec.original_dst)
+        .then(|| capture::original_dst(&tcp))
+        .flatten()
         .filter(|o| *o != local);
     let (listener, local) = match (&handoff, original) {
         (Some(h), Some(o)) => (capture::handoff(h, o).unwrap_or(listener), o),
+        (None, Some(o)) => (listener, o),
         _ => (listener, local),
     };
     let name = listener.name.clone();
