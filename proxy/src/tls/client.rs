@@ -197,12 +197,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.certs.provider().signature_verification_algorithms,
-        )
+        self.certs.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -211,18 +206,10 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.certs.provider().signature_verification_algorithms,
-        )
+        self.certs.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.certs
-            .provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.certs.supported_verify_schemes()
     }
 }

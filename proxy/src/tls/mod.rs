@@ -187,6 +187,34 @@ impl CertSource {
         &self.inner.provider
     }
 
+    /// Handshake signature checks with this source's provider: what both the client and the
+    /// server verifier answer for rustls (only the chain and SAN checks differ between them).
+    pub(crate) fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    pub(crate) fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.provider().signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    pub(crate) fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+
     /// The material of the newest certificate. If a newer certificate cannot be used, the last
     /// good one stays (the certificate manager already checked it, so this should not happen).
     pub(crate) fn material(&self) -> Result<Arc<Material>, Error> {

@@ -191,12 +191,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.certs.provider().signature_verification_algorithms,
-        )
+        self.certs.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -205,18 +200,10 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.certs.provider().signature_verification_algorithms,
-        )
+        self.certs.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.certs
-            .provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.certs.supported_verify_schemes()
     }
 }
