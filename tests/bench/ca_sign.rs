@@ -37,10 +37,10 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use strait_proto::ca::IstioCertificateRequest;
 use strait_proto::ca::istio_certificate_service_client::IstioCertificateServiceClient;
+use strait_tests::bins;
 use strait_tests::controlplane::Straitd;
-use strait_tests::process::{Child, tempdir_for};
+use strait_tests::process::tempdir_for;
 use strait_tests::upstream::http_request;
-use strait_tests::{bins, eventually, ports};
 use tempfile::TempDir;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity as TlsId};
@@ -224,37 +224,7 @@ struct Plane {
 impl Plane {
     async fn start() -> Result<Plane> {
         let store = tempdir_for("bench-ca-store")?;
-        let ip = ports::control_plane_ip()?;
-        let child = Child::builder("straitd-ca-bench", bins::straitd()?)
-            .args(["--cluster", CLUSTER, "--network", "network1", "--bind"])
-            .arg(ip.to_string())
-            .arg("--store")
-            .arg(store.path())
-            .env("STRAIT_LOG", "info")
-            .spawn()?;
-        let straitd = Straitd {
-            child,
-            ip,
-            store: store.path().to_path_buf(),
-        };
-        let http = straitd.http();
-        let child = &straitd.child;
-        eventually(
-            "straitd to answer /ready",
-            Duration::from_secs(20),
-            || async move {
-                child
-                    .ensure_running()
-                    .map_err(strait_tests::wait::give_up)?;
-                let r = http_request(http, "GET", "straitd", "/ready").await?;
-                if r.status == 200 {
-                    Ok(())
-                } else {
-                    bail!("status {}", r.status)
-                }
-            },
-        )
-        .await?;
+        let straitd = Straitd::start_for_bench(CLUSTER, "network1", store.path()).await?;
         Ok(Plane {
             straitd,
             _store: store,

@@ -14,6 +14,9 @@ use crate::upstream::http_request;
 use crate::{bins, eventually, ports};
 
 /// A running control plane.
+/// The harness's straitd log filter: everything a failing test may need.
+const DEBUG_LOG: &str = "info,strait_controlplane=debug";
+
 #[derive(Debug)]
 pub struct Straitd {
     pub child: Child,
@@ -47,6 +50,24 @@ impl Straitd {
         store: &Path,
         extra: &[&std::ffi::OsStr],
     ) -> Result<Straitd> {
+        Self::launch(ip, cluster, network, store, extra, DEBUG_LOG).await
+    }
+
+    /// Like [`Straitd::start`] logging at `info`, as in production: for benchmarks, where the
+    /// harness's `debug` lines (one per push, per certificate) would be measured too.
+    pub async fn start_for_bench(cluster: &str, network: &str, store: &Path) -> Result<Straitd> {
+        let ip = ports::control_plane_ip()?;
+        Self::launch(ip, cluster, network, store, &[], "info").await
+    }
+
+    async fn launch(
+        ip: Ipv4Addr,
+        cluster: &str,
+        network: &str,
+        store: &Path,
+        extra: &[&std::ffi::OsStr],
+        log: &str,
+    ) -> Result<Straitd> {
         let child = Child::builder(&format!("straitd-{cluster}"), bins::straitd()?)
             .args([
                 "--cluster",
@@ -59,7 +80,7 @@ impl Straitd {
             .arg("--store")
             .arg(store)
             .args(extra)
-            .env("STRAIT_LOG", "info,strait_controlplane=debug")
+            .env("STRAIT_LOG", log)
             .spawn()?;
         let d = Straitd {
             child,

@@ -276,28 +276,8 @@ pub async fn strait_run_help() -> Result<String> {
 /// and health on its own address `ip`. Waits for the admin's `/ready`.
 async fn start_strait(straitd: &Straitd, ns: &str, app: &str, ip: IpAddr) -> Result<Child> {
     strait_run_help().await?;
-    let out = straitd
-        .ctl(
-            &[
-                "token",
-                "create",
-                "-n",
-                ns,
-                "--service-account",
-                app,
-                "--ttl",
-                "1h",
-            ],
-            None,
-        )
-        .await?;
-    ensure!(out.success, "token create: {}", out.stderr);
-    let root = http_request(straitd.http(), "GET", "straitd", "/api/v1/ca/root").await?;
-    ensure!(root.status == 200, "GET /api/v1/ca/root: {}", root.status);
-    let dir = process::tempdir_for(&format!("strait-{app}"))?;
-    let (token, root_pem) = (dir.path().join("token"), dir.path().join("root-cert.pem"));
-    std::fs::write(&token, out.stdout.trim())?;
-    std::fs::write(&root_pem, root.body)?;
+    let boot = strait_tests::agent::workload_bootstrap(straitd, ns, app).await?;
+    let (token, root_pem, dir) = (boot.token, boot.root, boot.dir);
     let admin = SocketAddr::new(ip, 15000);
     let child = Child::builder(&format!("strait-{app}"), bins::bin_path("strait-proxy")?)
         .arg("run")

@@ -14,9 +14,8 @@ use hyper::header::{CONNECTION, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use strait_tests::controlplane::Straitd;
-use strait_tests::process::{Child, tempdir_for};
+use strait_tests::process::tempdir_for;
 use strait_tests::upstream::http_request;
-use strait_tests::{bins, eventually, ports};
 use tempfile::TempDir;
 
 /// Namespace of the services and of the simulated clients.
@@ -36,43 +35,7 @@ impl Plane {
     /// per push and would be measured too).
     pub async fn start() -> Result<Plane> {
         let store = tempdir_for("bench-store")?;
-        let ip = ports::control_plane_ip()?;
-        let child = Child::builder("straitd-bench", bins::straitd()?)
-            .args([
-                "--cluster",
-                "cluster1",
-                "--network",
-                "network1",
-                "--bind",
-                &ip.to_string(),
-            ])
-            .arg("--store")
-            .arg(store.path())
-            .env("STRAIT_LOG", "info")
-            .spawn()?;
-        let straitd = Straitd {
-            child,
-            ip,
-            store: store.path().to_path_buf(),
-        };
-        let http = straitd.http();
-        let child = &straitd.child;
-        eventually(
-            "straitd to answer /ready",
-            Duration::from_secs(20),
-            || async move {
-                child
-                    .ensure_running()
-                    .map_err(strait_tests::wait::give_up)?;
-                let r = http_request(http, "GET", "straitd", "/ready").await?;
-                if r.status == 200 {
-                    Ok(())
-                } else {
-                    bail!("status {}", r.status)
-                }
-            },
-        )
-        .await?;
+        let straitd = Straitd::start_for_bench("cluster1", "network1", store.path()).await?;
         Ok(Plane {
             straitd,
             _store: store,
