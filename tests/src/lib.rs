@@ -9,6 +9,7 @@
 //! - [`fixtures`]: shared config, e.g. the kitchen sink of every field straitd accepts;
 //! - [`envoy`]: a stock Envoy with an Istio-style bootstrap, and its admin API;
 //! - [`mesh`]: a small mTLS mesh whose sidecars are stock Envoys or strait-proxy (conformance);
+//! - [`multinet`]: a two-network mesh inside a topology (straitd, sidecars, gateway in namespaces);
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client;
 //! - [`loadgen`]: an open-loop load generator (latency from the intended send time) and its echo app;
 //! - [`topology`]: networks on one machine from network namespaces (hosts, gateways, a wan).
@@ -20,6 +21,7 @@ pub mod envoy;
 pub mod fixtures;
 pub mod loadgen;
 pub mod mesh;
+pub mod multinet;
 pub mod ports;
 pub mod process;
 pub mod topology;
