@@ -188,7 +188,7 @@ impl App {
 
         let mut tasks = JoinSet::new();
         tasks.spawn(follow_config(xds.config(), table_tx, metrics.clone()));
-        tasks.spawn(follow_status(xds.status(), ready_tx));
+        tasks.spawn(follow_status(xds.status(), xds.config(), ready_tx));
         tasks.spawn(sni::serve(
             sni_listener,
             table_rx.clone(),
@@ -271,25 +271,33 @@ async fn follow_config(
     }
 }
 
-/// Ready once CDS and LDS have been acknowledged; stays ready while the stream reconnects (the
-/// last good config keeps serving).
+/// Ready once CDS and LDS have been acknowledged and every cluster the listeners name has its
+/// endpoints (as Envoy warms clusters before listeners: a gateway that reported ready earlier
+/// would refuse the first connections a load balancer sends it); stays ready while the stream
+/// reconnects (the last good config keeps serving).
 async fn follow_status(
     mut status: watch::Receiver<Arc<strait_proxy::xds::Status>>,
+    mut config: watch::Receiver<Arc<strait_proxy::config::Config>>,
     ready: watch::Sender<bool>,
 ) {
     loop {
-        let synced = {
+        let acked = {
             let s = status.borrow_and_update();
             [Kind::Cluster, Kind::Listener]
                 .iter()
                 .all(|k| s.types.get(k).is_some_and(|t| !t.acked_version.is_empty()))
         };
-        if synced && !*ready.borrow() {
+        let warm = {
+            let c = config.borrow_and_update();
+            c.missing.clusters.is_empty() && c.missing.endpoints.is_empty()
+        };
+        if acked && warm && !*ready.borrow() {
             tracing::info!("xDS synced: ready");
             ready.send_replace(true);
         }
-        if status.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = status.changed() => if r.is_err() { return },
+            r = config.changed() => if r.is_err() { return },
         }
     }
 }

@@ -4,11 +4,9 @@
 //! what an unauthenticated crowd can hold open.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::forward::{self, Mode};
 use crate::metrics::{Metrics, Refusal};
@@ -31,30 +29,19 @@ const SERVICE: &str = "istiod";
 
 /// Accepts on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, settings: Settings, metrics: Metrics) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
-    let active = metrics.active("control_plane");
-    loop {
-        let (client, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept on the control-plane port failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            metrics.refuse(Refusal::ControlPlaneLimit);
-            tracing::debug!(%peer, limit = settings.max_connections, "control-plane connection limit reached; closed");
-            continue;
-        };
-        let (settings, metrics, active) = (settings.clone(), metrics.clone(), active.clone());
-        tokio::spawn(async move {
-            active.inc();
-            pass(client, peer, &settings, &metrics).await;
-            active.dec();
-            drop(permit);
-        });
-    }
+    let (max, m) = (settings.max_connections, metrics.clone());
+    crate::accept::limited(
+        listener,
+        "control_plane",
+        max,
+        Refusal::ControlPlaneLimit,
+        metrics,
+        move |client, peer| {
+            let (settings, metrics) = (settings.clone(), m.clone());
+            async move { pass(client, peer, &settings, &metrics).await }
+        },
+    )
+    .await;
 }
 
 async fn pass(client: TcpStream, peer: SocketAddr, settings: &Settings, metrics: &Metrics) {

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod control_plane;

@@ -13,7 +13,7 @@ use strait_proto::sni::SniName;
 use strait_proxy::tls::detect::{Parse, parse};
 use strait_proxy::tls::{Transport, detect};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::forward::{self, Mode};
 use crate::metrics::{Metrics, Refusal};
@@ -84,31 +84,10 @@ pub async fn serve(
     settings: Settings,
     metrics: Metrics,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
-    let active = metrics.active("sni");
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // EMFILE and friends: back off a little rather than spin.
-                tracing::warn!(error = %e, "accept on 15443 failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            metrics.refuse(Refusal::Limit);
-            tracing::debug!(%peer, limit = settings.max_connections, "connection limit reached; closed");
-            continue;
-        };
-        let (table, settings, metrics, active) = (
-            table.clone(),
-            settings.clone(),
-            metrics.clone(),
-            active.clone(),
-        );
-        tokio::spawn(async move {
-            active.inc();
+    let (max, m) = (settings.max_connections, metrics.clone());
+    crate::accept::limited(listener, "sni", max, Refusal::Limit, metrics, move |stream, peer| {
+        let (table, settings, metrics) = (table.clone(), settings.clone(), m.clone());
+        async move {
             if let Err(e) = handle(stream, peer, &table, &settings, &metrics).await {
                 match &e {
                     Error::Refused { refusal, .. } => {
@@ -118,10 +97,9 @@ pub async fn serve(
                     Error::Io { .. } => tracing::debug!(%peer, error = %e, "connection ended"),
                 }
             }
-            active.dec();
-            drop(permit);
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn handle(
