@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HOST, HeaderValue, SERVER};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -240,11 +240,7 @@ async fn forward(
     };
     let deadline = forward.timeout.map(|t| tokio::time::Instant::now() + t);
     let target = (choose_cluster(&forward.target), down.original_dst);
-    let connecting = connect(ctx, &config, target, forward);
-    let chosen = within(deadline, connecting).await??;
-    let h2 = chosen.h2;
-    drop(config);
-    // The request as it goes upstream.
+    // The request as it goes upstream (the URI and version depend on the chosen cluster).
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h);
     headers::ensure_request_id(h);
@@ -260,33 +256,187 @@ async fn forward(
         down.client_cert.as_ref(),
         by.as_deref(),
     );
-    *req.uri_mut() = upstream_uri(&authority, &path.to_header(), h2)?;
-    *req.version_mut() = if h2 {
-        Version::HTTP_2
-    } else {
-        Version::HTTP_11
+    let path = path.to_header();
+    let policy = forward.retry.as_ref().filter(|r| r.num_retries > 0);
+    // A request is replayed only from a buffer: bodiless, or a known length within the bound
+    // (Envoy's buffer limit); a larger or streamed body gets one try, and only retries that
+    // never sent it (connect failures).
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let replay = match policy {
+        Some(_) if body.as_ref().is_some_and(|b| b.is_end_stream()) => Some(Bytes::new()),
+        Some(_)
+            if body
+                .as_ref()
+                .and_then(|b| b.size_hint().upper())
+                .is_some_and(|n| n <= MAX_RETRY_BUFFER) =>
+        {
+            let b = body
+                .take()
+                .map(|b| Limited::new(b, MAX_RETRY_BUFFER as usize));
+            match b {
+                Some(b) => Some(
+                    within(deadline, b.collect())
+                        .await?
+                        .map_err(|e| ProxyError::BadRequest(format!("request body: {e}")))?
+                        .to_bytes(),
+                ),
+                None => None,
+            }
+        }
+        _ => None,
     };
-    if h2 {
-        req.headers_mut().remove(HOST);
-    } else if let Ok(v) = HeaderValue::from_str(&authority) {
-        req.headers_mut().insert(HOST, v);
+    let mut tried: Vec<Endpoint> = Vec::new();
+    let mut _retrying: Option<crate::upstream::Admitted> = None;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let avoid = match policy {
+            Some(p) if p.previous_hosts => tried.as_slice(),
+            _ => &[],
+        };
+        let chosen = within(deadline, connect(ctx, &config, target, forward, avoid)).await?;
+        let may_retry = |e: Option<&ProxyError>, status: Option<u16>| {
+            let Some(p) = policy else { return false };
+            if attempt > p.num_retries {
+                return false;
+            }
+            match (e, status) {
+                (Some(e), _) => retry_on_error(p, e, replay.is_some()),
+                (None, Some(s)) => replay.is_some() && retry_on_status(p, s),
+                _ => false,
+            }
+        };
+        let chosen = match chosen {
+            Ok(c) => c,
+            Err(e) if may_retry(Some(&e), None) => {
+                tried_backoff(policy, attempt).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let h2 = chosen.h2;
+        let mut up = Request::new(match (&replay, body.take()) {
+            (Some(b), _) => Full::new(b.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            (None, Some(b)) => b.boxed_unsync(),
+            (None, None) => Full::new(Bytes::new())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        });
+        *up.method_mut() = parts.method.clone();
+        *up.headers_mut() = parts.headers.clone();
+        *up.uri_mut() = upstream_uri(&authority, &path, h2)?;
+        *up.version_mut() = if h2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        if h2 {
+            up.headers_mut().remove(HOST);
+        } else if let Ok(v) = HeaderValue::from_str(&authority) {
+            up.headers_mut().insert(HOST, v);
+        }
+        let try_deadline = match (deadline, policy.and_then(|p| p.per_try_timeout)) {
+            (Some(d), Some(t)) => Some(d.min(tokio::time::Instant::now() + t)),
+            (d, t) => d.or(t.map(|t| tokio::time::Instant::now() + t)),
+        };
+        let response = within(try_deadline, ctx.pool.send(chosen.checkout, up))
+            .await
+            .and_then(|r| r);
+        let outcome = match &response {
+            Ok(r) => Outcome::Http(r.status().as_u16()),
+            Err(_) => Outcome::LocalOriginFailure,
+        };
+        ctx.upstreams
+            .report(&chosen.cluster, &chosen.endpoint, outcome);
+        // The route's own timeout ends the request; a try's is retried like a reset.
+        let route_expired = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let retry = match &response {
+            _ if route_expired => false,
+            Ok(r) => may_retry(None, Some(r.status().as_u16())),
+            Err(e) => may_retry(Some(e), None),
+        };
+        let budget = if retry {
+            ctx.upstreams
+                .admit_retry(&chosen.cluster, chosen.cluster.circuit_breakers.max_retries)
+                .ok()
+        } else {
+            None
+        };
+        if let Some(b) = budget {
+            // Holds the cluster's retry budget until the retry is answered.
+            _retrying = Some(b);
+            tried.push(chosen.endpoint.clone());
+            tracing::debug!(attempt, status = ?response.as_ref().map(|r| r.status()), "retrying");
+            drop(response);
+            tried_backoff(policy, attempt).await;
+            continue;
+        }
+        // A try's own timeout that is not retried answers 504 as the route's does.
+        let response = response?;
+        let mut response = response.map(|b| b.boxed_unsync());
+        let h = response.headers_mut();
+        headers::strip_hop_by_hop(h);
+        h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+        return Ok(response);
     }
-    let req = req.map(|b| b.boxed_unsync());
-    let response = within(deadline, ctx.pool.send(chosen.checkout, req))
-        .await
-        .and_then(|r| r);
-    let outcome = match &response {
-        Ok(r) => Outcome::Http(r.status().as_u16()),
-        Err(_) => Outcome::LocalOriginFailure,
-    };
-    ctx.upstreams
-        .report(&chosen.cluster, &chosen.endpoint, outcome);
-    let response = response?;
-    let mut response = response.map(|b| b.boxed_unsync());
-    let h = response.headers_mut();
-    headers::strip_hop_by_hop(h);
-    h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
-    Ok(response)
+}
+
+/// Largest request body buffered for retries (Envoy's per-request buffer limit is of this
+/// order); a larger one is sent once.
+const MAX_RETRY_BUFFER: u64 = 64 * 1024;
+
+/// Whether a failure is retried under `p`: connect failures (the request never left) under
+/// `connect-failure`, `reset-before-request`, `5xx`, `gateway-error`, `reset`; failures after
+/// the request left (reset, a try's timeout) only when the request can be replayed, under
+/// `reset`, `5xx`, `gateway-error` (and `refused-stream` for a reset).
+fn retry_on_error(p: &crate::config::RetryPolicy, e: &ProxyError, replayable: bool) -> bool {
+    let on = &p.retry_on;
+    if e.retry_safe() {
+        return on.connect_failure
+            || on.reset_before_request
+            || on.five_xx
+            || on.gateway_error
+            || on.reset;
+    }
+    if !replayable {
+        return false;
+    }
+    match e {
+        ProxyError::UpstreamReset(_) => {
+            on.reset || on.five_xx || on.gateway_error || on.refused_stream
+        }
+        ProxyError::Timeout => p.per_try_timeout.is_some() && (on.five_xx || on.gateway_error),
+        _ => false,
+    }
+}
+
+/// Whether a response status is retried under `p`.
+fn retry_on_status(p: &crate::config::RetryPolicy, status: u16) -> bool {
+    let on = &p.retry_on;
+    (on.five_xx && (500..600).contains(&status))
+        || (on.gateway_error && matches!(status, 502..=504))
+        || (on.retriable_4xx && status == 409)
+        || (on.retriable_status_codes && p.retriable_status_codes.contains(&status))
+}
+
+/// Envoy's default back-off before retry `attempt` (1-based): fully jittered in
+/// `0..base × 2^(attempt-1)`, capped at the policy's maximum.
+async fn tried_backoff(policy: Option<&crate::config::RetryPolicy>, attempt: u32) {
+    let (base, max) = policy.map_or(
+        (Duration::from_millis(25), Duration::from_millis(250)),
+        |p| p.back_off,
+    );
+    let ceiling = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(max);
+    let ms = u64::try_from(ceiling.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let wait = Duration::from_millis(rand::rng().random_range(0..ms));
+    tokio::time::sleep(wait).await;
 }
 
 /// Runs `f` until `deadline` (the route timeout); none: no limit.
@@ -313,47 +463,45 @@ struct Chosen {
     _slot: crate::upstream::Admitted,
 }
 
-/// An upstream connection for the route. A connect failure is
-/// retried on another pick when the route's retry policy says `connect-failure` (or
-/// `reset-before-request`): the request has not left, so nothing can be sent twice. Retries
-/// that would replay a sent request (5xx, reset, status codes) are not implemented yet.
+/// An upstream connection for the route, avoiding the endpoints in `avoid` (Envoy's
+/// `previous_hosts` predicate) for up to the policy's `host_selection_retry_max_attempts`
+/// picks. A failed connect is reported to the balancer; the caller decides on retrying.
 async fn connect(
     ctx: &Context,
     config: &Config,
     (cluster, original): (&str, Option<SocketAddr>),
     forward: &Forward,
+    avoid: &[Endpoint],
 ) -> Result<Chosen, ProxyError> {
-    let retries = forward
+    let picks = forward
         .retry
         .as_ref()
-        .filter(|r| r.retry_on.connect_failure || r.retry_on.reset_before_request)
-        .map_or(0, |r| r.num_retries);
-    let mut attempt = 0;
-    loop {
-        let (cluster, endpoint) = ctx.upstreams.pick(config, cluster, original)?;
-        let slot = ctx
-            .upstreams
-            .admit(&cluster, cluster.circuit_breakers.max_requests)?;
-        let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
-        let e = match ctx.pool.checkout(&ctx.upstreams, &cluster, &endpoint).await {
-            Ok(checkout) => {
-                return Ok(Chosen {
-                    checkout,
-                    h2,
-                    cluster,
-                    endpoint,
-                    _slot: slot,
-                });
-            }
-            Err(e) => e,
-        };
-        ctx.upstreams
-            .report(&cluster, &endpoint, Outcome::LocalOriginFailure);
-        if !(e.retry_safe() && attempt < retries) {
-            return Err(e);
+        .map_or(1, |r| r.host_selection_retry_max_attempts.max(1));
+    let mut pick = ctx.upstreams.pick(config, cluster, original)?;
+    for _ in 1..picks {
+        if !avoid.contains(&pick.1) {
+            break;
         }
-        attempt += 1;
-        tracing::debug!(cluster = %cluster.name, error = %e, attempt, "connect failed; retrying");
+        pick = ctx.upstreams.pick(config, cluster, original)?;
+    }
+    let (cluster, endpoint) = pick;
+    let slot = ctx
+        .upstreams
+        .admit(&cluster, cluster.circuit_breakers.max_requests)?;
+    let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
+    match ctx.pool.checkout(&ctx.upstreams, &cluster, &endpoint).await {
+        Ok(checkout) => Ok(Chosen {
+            checkout,
+            h2,
+            cluster,
+            endpoint,
+            _slot: slot,
+        }),
+        Err(e) => {
+            ctx.upstreams
+                .report(&cluster, &endpoint, Outcome::LocalOriginFailure);
+            Err(e)
+        }
     }
 }
 

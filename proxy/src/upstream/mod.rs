@@ -197,6 +197,24 @@ impl Upstreams {
         Ok(Admitted(counter))
     }
 
+    /// Admits one more retry to `cluster` within `limit` (its circuit breakers' `max_retries`:
+    /// retries outstanding at once); the guard frees it.
+    pub fn admit_retry(&self, cluster: &Cluster, limit: u32) -> Result<Admitted, ProxyError> {
+        let counter = self
+            .inflight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(format!("{}\0retries", cluster.name))
+            .or_default()
+            .clone();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        if counter.fetch_add(1, Ordering::AcqRel) >= limit {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return Err(ProxyError::Overflow(cluster.name.clone()));
+        }
+        Ok(Admitted(counter))
+    }
+
     /// Tells the balancer how a pick ended.
     pub fn report(&self, cluster: &Cluster, endpoint: &Endpoint, outcome: Outcome) {
         self.balancer.report(cluster, endpoint, outcome);

@@ -1,0 +1,458 @@
+//! Conformance (issue 4, Traffic): retries, timeouts, fault injection and header routing, each
+//! scenario run with a stock Envoy and with `strait-proxy run` as the sidecar, on the same
+//! straitd config, with the same assertions.
+//!
+//! - Retries: an upstream failing its first 2 requests with 503 behind `retries: {attempts: 3,
+//!   retryOn: 5xx}` answers 200 after 3 attempts; without `retries` the client sees the 503.
+//! - Timeout: `timeout: 0.5s` before an upstream that takes 2 s gives 504 `upstream request
+//!   timeout`, well before the upstream would have answered.
+//! - Fault injection: abort 100 % with 418 never reaches the upstream (`fault filter abort`);
+//!   a 300 ms delay at 100 % still answers 200, no sooner than 300 ms.
+//! - Header routing: `x-user: jason` goes to v2, everything else to v1.
+//!
+//! The sidecar is `productpage` with an explicit (non-captured) egress listener; the services'
+//! endpoints are plaintext servers of this file.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use strait_tests::controlplane::Straitd;
+use strait_tests::mesh::{Sidecar, SidecarKind};
+use strait_tests::upstream::HttpResponse;
+use strait_tests::{eventually_matches, ports, process};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const PORT: u16 = 9080;
+
+/// A plaintext upstream: `/warm` always answers 200 at once (readiness probes, not counted);
+/// any other path is counted, fails with 503 while fewer than `fail_first` came before it,
+/// and answers after `delay`.
+struct Scripted {
+    addr: SocketAddr,
+    name: String,
+    hits: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Scripted {
+    async fn start(name: &str, fail_first: u64, delay: Duration) -> Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let hits = Arc::new(AtomicU64::new(0));
+        let (counter, body) = (hits.clone(), format!("upstream={name}"));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (hits, body) = (counter.clone(), body.clone());
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (hits, body) = (hits.clone(), body.clone());
+                    async move {
+                        let mut status = 200;
+                        if req.uri().path() != "/warm" {
+                            if hits.fetch_add(1, Ordering::SeqCst) < fail_first {
+                                status = 503;
+                            }
+                            tokio::time::sleep(delay).await;
+                        }
+                        Ok::<_, Infallible>(
+                            Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap_or_default(),
+                        )
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        Ok(Scripted {
+            addr,
+            name: name.to_string(),
+            hits,
+            task,
+        })
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    fn body(&self) -> String {
+        format!("upstream={}", self.name)
+    }
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn host(service: &str) -> String {
+    format!("{service}.default.svc.cluster.local")
+}
+
+/// A MESH_INTERNAL service on [`PORT`] with plaintext endpoints labelled by version, a
+/// DestinationRule with a subset per version, and the VirtualService `http` (YAML list, indented
+/// two spaces) if any.
+fn service(name: &str, endpoints: &[(&str, SocketAddr)], http: Option<&str>) -> String {
+    let h = host(name);
+    let mut out = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  hosts: [{h}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  \
+         ports: [{{number: {PORT}, name: http, protocol: HTTP}}]\n  workloadSelector: {{labels: {{app: {name}}}}}\n---\n"
+    );
+    let mut subsets = String::new();
+    for (version, addr) in endpoints {
+        out += &format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}-{version}, namespace: default}}\n\
+             spec:\n  address: {}\n  ports: {{http: {}}}\n  labels: {{app: {name}, version: {version}}}\n---\n",
+            addr.ip(),
+            addr.port()
+        );
+        subsets += &format!("  - {{name: {version}, labels: {{version: {version}}}}}\n");
+    }
+    out += &format!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  host: {h}\n  subsets:\n{subsets}---\n"
+    );
+    if let Some(http) = http {
+        out += &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec:\n  hosts: [{h}]\n  http:\n{http}---\n"
+        );
+    }
+    out
+}
+
+/// straitd with `config` and a productpage sidecar of `kind` listening on [`PORT`].
+struct Setup {
+    _straitd: Straitd,
+    sidecar: Sidecar,
+    listener: SocketAddr,
+}
+
+async fn setup(kind: SidecarKind, config: &str) -> Result<Setup> {
+    let store = process::tempdir_for("store")?;
+    let straitd = Straitd::start("cluster1", "network1", store.path()).await?;
+    std::mem::forget(store); // lives as long as the test process; removed with /tmp
+    let ip = IpAddr::V4(ports::unique_loopback());
+    let sidecar_config = format!(
+        "{config}apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: productpage, namespace: default}}\n\
+         spec:\n  workloadSelector: {{labels: {{app: productpage}}}}\n  egress:\n  \
+         - port: {{number: {PORT}, protocol: HTTP, name: http}}\n    bind: {ip}\n    captureMode: NONE\n    hosts: [\"./*\"]\n"
+    );
+    straitd.apply(&sidecar_config).await?;
+    let sidecar = Sidecar::start(
+        kind,
+        &straitd,
+        "productpage",
+        "productpage",
+        ip,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    Ok(Setup {
+        _straitd: straitd,
+        sidecar,
+        listener: SocketAddr::new(ip, PORT),
+    })
+}
+
+impl Setup {
+    async fn get(
+        &self,
+        service: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResponse> {
+        request(self.listener, &host(service), path, headers).await
+    }
+
+    /// Waits until `service` answers `path` with `status` (the sidecar has its routes).
+    async fn until(&self, service: &str, path: &str, status: u16) -> Result<()> {
+        eventually_matches(
+            &format!("{service}{path} to answer {status}"),
+            Duration::from_secs(30),
+            || self.get(service, path, &[]),
+            |r| r.status == status,
+        )
+        .await
+        .map(|_| ())
+        .with_context(|| self.sidecar.log_tail(30))
+    }
+}
+
+/// One GET with extra headers on a new connection, bounded by 10 s.
+async fn request(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse> {
+    let exchange = async {
+        let stream = TcpStream::connect(addr).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let mut req = Request::get(path).header("host", host);
+        for (n, v) in headers {
+            req = req.header(*n, *v);
+        }
+        let response = sender
+            .send_request(req.body(Empty::<Bytes>::new())?)
+            .await?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>(HttpResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| anyhow!("GET {path} (Host {host}) timed out"))?
+}
+
+const ROUTE: &str = "    route: [{destination: {host: HOST}}]\n";
+
+fn route_to(service: &str) -> String {
+    ROUTE.replace("HOST", &host(service))
+}
+
+async fn retries_scenario(kind: SidecarKind) -> Result<()> {
+    const FAILURES: u64 = 2;
+    let retried = Scripted::start("reviews", FAILURES, Duration::ZERO).await?;
+    let plain = Scripted::start("ratings", FAILURES, Duration::ZERO).await?;
+    let config = format!(
+        "{}{}",
+        service(
+            "reviews",
+            &[("v1", retried.addr)],
+            Some(&format!(
+                "  - retries: {{attempts: 3, retryOn: 5xx}}\n{}",
+                route_to("reviews")
+            )),
+        ),
+        service("ratings", &[("v1", plain.addr)], None),
+    );
+    let s = setup(kind, &config).await?;
+    s.until("reviews", "/warm", 200).await?;
+    s.until("ratings", "/warm", 200).await?;
+    let r = s.get("reviews", "/flaky", &[]).await?;
+    ensure!(
+        r.status == 200 && r.body == retried.body(),
+        "{kind:?} with retries: {} {}\n{}",
+        r.status,
+        r.body,
+        s.sidecar.log_tail(30)
+    );
+    ensure!(
+        retried.hits() == FAILURES + 1,
+        "{kind:?}: the upstream saw {} attempts, expected {}",
+        retried.hits(),
+        FAILURES + 1
+    );
+    let r = s.get("ratings", "/flaky", &[]).await?;
+    ensure!(
+        r.status == 503,
+        "{kind:?} without retries: {} {}",
+        r.status,
+        r.body
+    );
+    ensure!(
+        plain.hits() == 1,
+        "{kind:?}: {} attempts without retries",
+        plain.hits()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_envoy() -> Result<()> {
+    retries_scenario(SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_strait() -> Result<()> {
+    retries_scenario(SidecarKind::Strait).await
+}
+
+async fn timeout_scenario(kind: SidecarKind) -> Result<()> {
+    let slow = Scripted::start("reviews", 0, Duration::from_secs(2)).await?;
+    let config = service(
+        "reviews",
+        &[("v1", slow.addr)],
+        Some(&format!("  - timeout: 0.5s\n{}", route_to("reviews"))),
+    );
+    let s = setup(kind, &config).await?;
+    s.until("reviews", "/warm", 200).await?;
+    let started = Instant::now();
+    let r = s.get("reviews", "/slow", &[]).await?;
+    let took = started.elapsed();
+    ensure!(
+        r.status == 504 && r.body.contains("upstream request timeout"),
+        "{kind:?}: {} {:?}",
+        r.status,
+        r.body
+    );
+    // Generous: only shows that the proxy did not wait for the upstream's 2 s.
+    ensure!(
+        took < Duration::from_millis(1900),
+        "{kind:?}: 504 after {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_envoy() -> Result<()> {
+    timeout_scenario(SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_strait() -> Result<()> {
+    timeout_scenario(SidecarKind::Strait).await
+}
+
+async fn fault_scenario(kind: SidecarKind) -> Result<()> {
+    let aborted = Scripted::start("reviews", 0, Duration::ZERO).await?;
+    let delayed = Scripted::start("ratings", 0, Duration::ZERO).await?;
+    let config = format!(
+        "{}{}",
+        service(
+            "reviews",
+            &[("v1", aborted.addr)],
+            Some(&format!(
+                "  - fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}\n{}",
+                route_to("reviews")
+            )),
+        ),
+        service(
+            "ratings",
+            &[("v1", delayed.addr)],
+            Some(&format!(
+                "  - fault: {{delay: {{fixedDelay: 300ms, percentage: {{value: 100}}}}}}\n{}",
+                route_to("ratings")
+            )),
+        ),
+    );
+    let s = setup(kind, &config).await?;
+    s.until("reviews", "/warm", 418).await?;
+    let r = s.get("reviews", "/abort", &[]).await?;
+    ensure!(
+        r.status == 418 && r.body.contains("fault filter abort"),
+        "{kind:?} abort: {} {:?}",
+        r.status,
+        r.body
+    );
+    ensure!(
+        aborted.hits() == 0,
+        "{kind:?}: an aborted request reached the upstream"
+    );
+    s.until("ratings", "/warm", 200).await?;
+    let started = Instant::now();
+    let r = s.get("ratings", "/delay", &[]).await?;
+    let took = started.elapsed();
+    ensure!(
+        r.status == 200 && r.body == delayed.body(),
+        "{kind:?} delay: {} {}",
+        r.status,
+        r.body
+    );
+    ensure!(
+        took >= Duration::from_millis(300),
+        "{kind:?}: delayed by only {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_envoy() -> Result<()> {
+    fault_scenario(SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_strait() -> Result<()> {
+    fault_scenario(SidecarKind::Strait).await
+}
+
+async fn header_routing_scenario(kind: SidecarKind) -> Result<()> {
+    let v1 = Scripted::start("v1", 0, Duration::ZERO).await?;
+    let v2 = Scripted::start("v2", 0, Duration::ZERO).await?;
+    let h = host("reviews");
+    let http = format!(
+        "  - match: [{{headers: {{x-user: {{exact: jason}}}}}}]\n    route: [{{destination: {{host: {h}, subset: v2}}}}]\n  \
+         - route: [{{destination: {{host: {h}, subset: v1}}}}]\n"
+    );
+    let config = service("reviews", &[("v1", v1.addr), ("v2", v2.addr)], Some(&http));
+    let s = setup(kind, &config).await?;
+    eventually_matches(
+        "jason to reach v2",
+        Duration::from_secs(30),
+        || s.get("reviews", "/", &[("x-user", "jason")]),
+        |r| r.status == 200 && r.body == v2.body(),
+    )
+    .await
+    .with_context(|| s.sidecar.log_tail(30))?;
+    for _ in 0..10 {
+        let r = s.get("reviews", "/", &[("x-user", "jason")]).await?;
+        ensure!(
+            r.body == v2.body(),
+            "{kind:?} jason: {} {}",
+            r.status,
+            r.body
+        );
+        let r = s.get("reviews", "/", &[]).await?;
+        ensure!(
+            r.body == v1.body(),
+            "{kind:?} no header: {} {}",
+            r.status,
+            r.body
+        );
+        let r = s.get("reviews", "/", &[("x-user", "jasonx")]).await?;
+        ensure!(
+            r.body == v1.body(),
+            "{kind:?} other user: {} {}",
+            r.status,
+            r.body
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_routing_envoy() -> Result<()> {
+    header_routing_scenario(SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_routing_strait() -> Result<()> {
+    header_routing_scenario(SidecarKind::Strait).await
+}
