@@ -82,12 +82,31 @@ impl Sidecar {
         ttl: Duration,
         interception: &str,
     ) -> Result<Sidecar> {
+        Self::start_labeled(kind, straitd, app, sa, ip, ttl, interception, &[]).await
+    }
+
+    /// [`Sidecar::start_with`] with more workload labels (`LABELS`) beside `app=<app>`, e.g.
+    /// `topology.kubernetes.io/region` and `…/zone`, from which straitd takes the locality.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_labeled(
+        kind: SidecarKind,
+        straitd: &Straitd,
+        app: &str,
+        sa: &str,
+        ip: IpAddr,
+        ttl: Duration,
+        interception: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Sidecar> {
         match kind {
             SidecarKind::Envoy => {
                 let agent = SdsAgent::start(straitd, "default", sa, ttl).await?;
                 let mut meta = IstioMeta::new(app, "default");
                 meta.network = "network1".into();
                 meta.interception_mode = interception.into();
+                for (k, v) in labels {
+                    meta.labels.insert((*k).to_owned(), (*v).to_owned());
+                }
                 let node = Node::istio_sidecar(NODE_IP.parse()?, &format!("{app}-1"), &meta);
                 let mut bootstrap = xds_bootstrap(&node, straitd.xds(), XdsMode::Delta);
                 add_sds_cluster(&mut bootstrap, agent.socket());
@@ -108,6 +127,11 @@ impl Sidecar {
                         .args(["--node-ip", NODE_IP])
                         .args(["--pod", &format!("{app}-1"), "--namespace", "default"])
                         .args(["--workload", app, "--label", &format!("app={app}")])
+                        .args(
+                            labels
+                                .iter()
+                                .flat_map(|(k, v)| ["--label".to_owned(), format!("{k}={v}")]),
+                        )
                         .args(["--interception-mode", interception, "--cluster", "cluster1"])
                         .args(["--network", "network1"])
                         .args(["--ca-address", &format!("https://{}:15012", straitd.ip)])

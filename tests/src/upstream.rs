@@ -45,6 +45,12 @@ impl EchoServer {
 
     /// Starts an echo server on `addr` (port 0 picks a free port).
     pub async fn start_on(name: &str, addr: SocketAddr) -> Result<Self> {
+        Self::start_with_status(name, addr, 200).await
+    }
+
+    /// Like [`EchoServer::start_on`], answering every request with `status` (e.g. 500: a
+    /// failing endpoint for outlier detection) and the same body.
+    pub async fn start_with_status(name: &str, addr: SocketAddr, status: u16) -> Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("echo server {name}: binding {addr}"))?;
@@ -56,6 +62,7 @@ impl EchoServer {
             name.to_owned(),
             requests.clone(),
             last_headers.clone(),
+            status,
         ));
         Ok(Self {
             name: name.to_owned(),
@@ -109,6 +116,7 @@ async fn serve(
     name: String,
     requests: Arc<AtomicU64>,
     last_headers: Headers,
+    status: u16,
 ) {
     let body = Bytes::from(format!("upstream={name}"));
     let name = Arc::new(name);
@@ -142,7 +150,7 @@ async fn serve(
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = headers;
                     let response = Response::builder()
-                        .status(200)
+                        .status(status)
                         .header(CONTENT_TYPE, "text/plain")
                         .header("x-upstream", name.as_str())
                         .body(Full::new(body.clone()));
