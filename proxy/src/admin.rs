@@ -1,5 +1,6 @@
-//! The admin endpoint (loopback, Envoy's 15000: `/ready`, `/config_dump`, `/stats`) and the
-//! health endpoint (15021: `/healthz/ready`). Small on purpose: read-only views of what is
+//! The admin endpoint (loopback, Envoy's 15000: `/ready`, `/config_dump`, `/stats`,
+//! `/stats/prometheus`), the health endpoint (15021: `/healthz/ready`) and the metrics
+//! endpoints (15090 and 15020: `/stats/prometheus`). Small on purpose: read-only views of what is
 //! applied, one HTTP/1.1 server each.
 
 use std::collections::BTreeMap;
@@ -151,6 +152,23 @@ fn admin_page(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
             serde_json::to_string_pretty(&state.config_dump()).unwrap_or_default(),
         ),
         "/stats" => reply(StatusCode::OK, "text/plain", state.stats()),
+        "/stats/prometheus" => prometheus(state),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Istio's standard metrics in Prometheus' text format.
+fn prometheus(state: &AdminState) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        state.ctx.telemetry.encode(),
+    )
+}
+
+fn metrics_page(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/stats/prometheus" | "/metrics" => prometheus(state),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -169,6 +187,8 @@ pub enum Pages {
     Admin,
     /// `/healthz/ready`.
     Health,
+    /// `/stats/prometheus` (15090, and 15020's merged metrics: the proxy's are all there is).
+    Metrics,
 }
 
 /// Binds `addr` (port 0 allowed) and serves `pages`; returns the bound address and the task.
@@ -191,6 +211,7 @@ pub async fn serve(
                     let r = match pages {
                         Pages::Admin => admin_page(&state, &req),
                         Pages::Health => health_page(&state, &req),
+                        Pages::Metrics => metrics_page(&state, &req),
                     };
                     async move { Ok::<_, Infallible>(r) }
                 });

@@ -15,9 +15,10 @@ use crate::certs::{CertManager, CertManagerConfig, SdsServer};
 use crate::http::pool::Pool;
 use crate::listener::{Context, Listeners};
 use crate::tcp::TcpCounters;
+use crate::telemetry::{Local, Telemetry};
 use crate::tls::{CertSource, ClientTls};
 use crate::upstream::{Lb, Upstreams};
-use crate::xds::{XdsClient, XdsConfig, XdsTls};
+use crate::xds::{MetaValue, NodeInfo, XdsClient, XdsConfig, XdsTls};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,10 @@ pub struct RunConfig {
     pub admin: SocketAddr,
     /// Health (`/healthz/ready`).
     pub health: SocketAddr,
+    /// Istio's metrics, `/stats/prometheus` (Envoy's 15090); None: not served.
+    pub metrics: Option<SocketAddr>,
+    /// The merged metrics, `/stats/prometheus` (pilot-agent's 15020); None: not served.
+    pub merged_metrics: Option<SocketAddr>,
 }
 
 /// Where things are bound.
@@ -71,6 +76,10 @@ pub struct Bound {
     pub admin: SocketAddr,
     /// Health.
     pub health: SocketAddr,
+    /// Metrics (15090), if served and bound.
+    pub metrics: Option<SocketAddr>,
+    /// Merged metrics (15020), if served and bound.
+    pub merged_metrics: Option<SocketAddr>,
 }
 
 /// The running proxy.
@@ -108,6 +117,7 @@ impl App {
             })?;
             config.xds.tls = Some(xds_tls(certs, config.xds_server_name.clone()));
         }
+        let local = local_workload(&config.xds.node, certs.as_ref());
         let xds = XdsClient::start(config.xds)?;
         let ctx = Arc::new(Context {
             config: xds.config(),
@@ -115,6 +125,7 @@ impl App {
             certs,
             pool: Arc::new(Pool::default()),
             tcp: TcpCounters::default(),
+            telemetry: Arc::new(Telemetry::new(local)),
         });
         let listeners = Listeners::start(ctx.clone());
         let state = AdminState {
@@ -128,7 +139,24 @@ impl App {
                 .map_err(|source| Error::Bind { addr, source })
         };
         let (admin, admin_task) = bind(config.admin, Pages::Admin, state.clone()).await?;
-        let (health, health_task) = bind(config.health, Pages::Health, state).await?;
+        let (health, health_task) = bind(config.health, Pages::Health, state.clone()).await?;
+        let mut servers = vec![admin_task, health_task];
+        // The metrics ports are not worth failing start-up for: a taken port is logged.
+        let mut metrics = [None, None];
+        for (slot, addr) in metrics
+            .iter_mut()
+            .zip([config.metrics, config.merged_metrics])
+        {
+            let Some(addr) = addr else { continue };
+            match bind(addr, Pages::Metrics, state.clone()).await {
+                Ok((bound, task)) => {
+                    *slot = Some(bound);
+                    servers.push(task);
+                }
+                Err(e) => tracing::error!(error = %e, "metrics not served"),
+            }
+        }
+        let [metrics, merged_metrics] = metrics;
         let pool = ctx.pool.clone();
         let sweeper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
@@ -137,14 +165,20 @@ impl App {
                 pool.sweep(std::time::Duration::from_secs(3600));
             }
         });
-        tracing::info!(%admin, %health, "admin and health bound");
+        servers.push(sweeper);
+        tracing::info!(%admin, %health, ?metrics, ?merged_metrics, "admin, health and metrics bound");
         Ok(App {
-            bound: Bound { admin, health },
+            bound: Bound {
+                admin,
+                health,
+                metrics,
+                merged_metrics,
+            },
             listeners,
             xds,
             manager,
             sds,
-            servers: vec![admin_task, health_task, sweeper],
+            servers,
         })
     }
 
@@ -161,6 +195,21 @@ impl App {
         if let Some(m) = self.manager {
             m.shutdown().await;
         }
+    }
+}
+
+/// This proxy's workload for Istio's labels: the node's `WORKLOAD_NAME`, `NAMESPACE` and
+/// `CLUSTER_ID`, and the certificate's identity.
+fn local_workload(node: &NodeInfo, certs: Option<&CertSource>) -> Local {
+    let meta = |k: &str| match node.metadata.get(k) {
+        Some(MetaValue::String(s)) if !s.is_empty() => s.clone(),
+        _ => crate::telemetry::metrics::UNKNOWN.to_string(),
+    };
+    Local {
+        workload: meta("WORKLOAD_NAME"),
+        namespace: meta("NAMESPACE"),
+        cluster: meta("CLUSTER_ID"),
+        principal: certs.map(|c| c.identity().to_string()),
     }
 }
 

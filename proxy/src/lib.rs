@@ -12,6 +12,7 @@
 //!   enforces network RBAC; [`tcp`] and [`http`] proxy what they accept, through
 //!   [`upstream`] (endpoint choice, connect, mTLS origination); [`error`]: the data path's
 //!   failures with blame and retry safety.
+//! - [`telemetry`]: Istio's standard metrics (prometheus-client) and access logs.
 //! - [`tls`]: mutual TLS between workloads with SPIFFE verification, and TLS detection on
 //!   PERMISSIVE ports.
 #![forbid(unsafe_code)]
@@ -27,6 +28,7 @@ pub mod http;
 pub mod lb;
 pub mod listener;
 pub mod tcp;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 pub mod xds;

@@ -12,6 +12,8 @@ use tokio::sync::watch;
 
 use crate::config::{ClusterTarget, Config, TcpProxy};
 use crate::error::ProxyError;
+use crate::telemetry::access_log::{self, Entry};
+use crate::telemetry::{Flow, Telemetry};
 use crate::upstream::{BoxIo, Outcome, Upstreams};
 
 /// Bytes moved by tcp_proxies, for the metrics module.
@@ -46,15 +48,21 @@ pub fn choose_cluster(target: &ClusterTarget) -> &str {
 
 /// Proxies `downstream` to the tcp_proxy's cluster until both sides are done (or the caller's
 /// drain period ends by dropping this future). `original`: a captured connection's original
-/// destination, where ORIGINAL_DST clusters (Passthrough) connect.
+/// destination, where ORIGINAL_DST clusters (Passthrough) connect. `flow`: what the
+/// connection tells for Istio's TCP metrics and the access log (its cluster is filled here).
+#[allow(clippy::too_many_arguments)]
 pub async fn proxy(
-    mut downstream: BoxIo,
+    downstream: BoxIo,
     tcp: &TcpProxy,
     original: Option<SocketAddr>,
     config: &watch::Receiver<Arc<Config>>,
     upstreams: &Upstreams,
     counters: &TcpCounters,
+    telemetry: &Telemetry,
+    flow: Flow<'_>,
+    log: Entry<'_>,
 ) -> Result<(u64, u64), ProxyError> {
+    let started = std::time::Instant::now();
     let snapshot = config.borrow().clone();
     let name = choose_cluster(&tcp.target);
     let (cluster, endpoint) = upstreams.pick(&snapshot, name, original)?;
@@ -68,10 +76,29 @@ pub async fn proxy(
         }
     };
     counters.opened.fetch_add(1, Ordering::Relaxed);
+    let labels = telemetry.tcp_opened(&Flow {
+        cluster: Some(&cluster.name),
+        ..flow
+    });
+    // Counted as it goes, so a connection that ends in an error still reports its bytes.
+    let mut down = Counted::new(downstream);
     // copy_bidirectional shuts down each write side when the other side's read ends: half-close
     // travels through (TLS sends close_notify first).
-    let result = tokio::io::copy_bidirectional(&mut downstream, &mut up.io).await;
+    let result = tokio::io::copy_bidirectional(&mut down, &mut up.io).await;
     counters.closed.fetch_add(1, Ordering::Relaxed);
+    // Istio: sent is what went to the downstream, received what came from it.
+    telemetry.tcp_closed(&labels, down.written, down.read);
+    let host = up.endpoint.to_string();
+    access_log::log(&Entry {
+        protocol: "tcp",
+        response_flags: if result.is_ok() { "-" } else { "UR" },
+        bytes_received: down.read,
+        bytes_sent: down.written,
+        duration: started.elapsed(),
+        upstream_host: Some(&host),
+        upstream_cluster: Some(&cluster.name),
+        ..log
+    });
     // The connection was made: a local-origin success, whatever happened afterwards.
     upstreams.report(&cluster, &endpoint, Outcome::LocalOriginSuccess);
     match result {
@@ -85,6 +112,64 @@ pub async fn proxy(
             tracing::debug!(cluster = %cluster.name, endpoint = %up.endpoint, error = %e, "tcp_proxy ended with an error");
             Err(ProxyError::UpstreamReset(e.to_string()))
         }
+    }
+}
+
+/// The downstream side, counting bytes read from and written to it.
+struct Counted {
+    io: BoxIo,
+    read: u64,
+    written: u64,
+}
+
+impl Counted {
+    fn new(io: BoxIo) -> Counted {
+        Counted {
+            io,
+            read: 0,
+            written: 0,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        self.read += (buf.filled().len() - before) as u64;
+        r
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.written += *n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

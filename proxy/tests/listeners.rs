@@ -118,6 +118,7 @@ fn start(rx: watch::Receiver<Arc<Config>>) -> Listeners {
         upstreams: Upstreams::new(None, Box::new(RoundRobin::default())),
         pool: Arc::new(Pool::default()),
         tcp: TcpCounters::default(),
+        telemetry: Default::default(),
     }))
 }
 

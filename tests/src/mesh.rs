@@ -146,6 +146,11 @@ impl Sidecar {
                         .args(["--ttl-seconds", &ttl.as_secs().to_string()])
                         .args(["--admin-address", &admin.to_string()])
                         .args(["--health-address", &SocketAddr::new(ip, 15021).to_string()])
+                        .args(["--metrics-address", &SocketAddr::new(ip, 15090).to_string()])
+                        .args([
+                            "--merged-metrics-address",
+                            &SocketAddr::new(ip, 15020).to_string(),
+                        ])
                         .env("STRAIT_LOG", "info,strait_proxy=debug")
                         .dir(boot.dir)
                         .spawn()?;

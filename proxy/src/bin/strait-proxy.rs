@@ -120,6 +120,12 @@ struct RunArgs {
     /// Health address (`/healthz/ready`).
     #[arg(long, default_value = "0.0.0.0:15021")]
     health_address: SocketAddr,
+    /// Istio's metrics, `/stats/prometheus` (Envoy's 15090; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:15090")]
+    metrics_address: SocketAddr,
+    /// The merged metrics, `/stats/prometheus` (pilot-agent's 15020; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:15020")]
+    merged_metrics_address: SocketAddr,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -157,6 +163,8 @@ impl RunArgs {
             sds_socket: self.sds_socket,
             admin: self.admin_address,
             health: self.health_address,
+            metrics: Some(self.metrics_address),
+            merged_metrics: Some(self.merged_metrics_address),
         }
     }
 }
@@ -203,7 +211,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let app = App::start(args.into_config())
         .await
         .context("starting the proxy")?;
-    tracing::info!(admin = %app.bound.admin, health = %app.bound.health, "strait-proxy running");
+    tracing::info!(
+        admin = %app.bound.admin,
+        health = %app.bound.health,
+        metrics = ?app.bound.metrics,
+        merged_metrics = ?app.bound.merged_metrics,
+        "strait-proxy running"
+    );
     shutdown_signal().await;
     app.shutdown().await;
     Ok(())

@@ -10,7 +10,7 @@ pub mod pool;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -142,9 +142,7 @@ async fn handle(
     down: &Downstream,
     ctx: &Context,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let mut info = crate::telemetry::request::RequestInfo::start(&req, chain, down, ctx);
     let result = forward(req, chain, down, ctx).await;
     let (response, flag) = match result {
         Ok(r) => (r, "-"),
@@ -153,18 +151,10 @@ async fn handle(
             (local_reply(e.status(), &e.body()), e.flag())
         }
     };
-    tracing::info!(
-        target: "access",
-        listener = %chain.listener,
-        %method,
-        path = %path,
-        status = response.status().as_u16(),
-        flags = flag,
-        peer = %down.peer,
-        principal = down.peer_id.as_ref().map(|p| p.to_string()).unwrap_or_default(),
-        duration_ms = started.elapsed().as_millis() as u64,
-    );
-    response
+    // Metrics and the access log are recorded when the response body ends.
+    info.status = response.status().as_u16();
+    info.flags = flag;
+    response.map(|b| crate::telemetry::request::Recorded::new(b, info).boxed_unsync())
 }
 
 /// Envoy's local reply: status, `text/plain` body, `server` header.

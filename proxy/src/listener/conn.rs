@@ -16,6 +16,8 @@ use crate::authz;
 use crate::http::headers::ClientCert;
 use crate::http::{self, Downstream};
 use crate::tcp;
+use crate::telemetry::access_log::Entry;
+use crate::telemetry::{Direction, Flow};
 use crate::upstream::BoxIo;
 
 /// How long the TLS inspector waits for a ClientHello (Envoy's `listener_filters_timeout`).
@@ -32,6 +34,7 @@ pub(super) async fn serve(
     ctx: Arc<Context>,
     drain: watch::Receiver<bool>,
 ) {
+    let start = std::time::SystemTime::now();
     let local = match tcp.local_addr() {
         Ok(a) => a,
         Err(_) => return,
@@ -107,7 +110,32 @@ pub(super) async fn serve(
     }
     match &chain.terminal {
         Terminal::Tcp(t) => {
-            if let Err(e) = tcp::proxy(io, t, original, &ctx.config, &ctx.upstreams, &ctx.tcp).await
+            let principal = peer_id.as_ref().map(|p| p.to_string());
+            let flow = Flow {
+                direction: Some(if t.stat_prefix.starts_with("inbound") {
+                    Direction::Inbound
+                } else {
+                    Direction::Outbound
+                }),
+                peer_principal: principal.as_deref(),
+                mtls: principal.is_some(),
+                // Istio's SNI, `outbound_.<port>_.<subset>_.<host>`, names the service.
+                authority: sni.as_deref().and_then(|s| s.splitn(4, "_.").nth(3)),
+                cluster: None,
+            };
+            let log = Entry {
+                start: Some(start),
+                listener: &name,
+                downstream_peer: Some(peer),
+                peer_principal: principal.as_deref(),
+                ..Entry::default()
+            };
+            let (config, upstreams) = (&ctx.config, &ctx.upstreams);
+            let telemetry = &ctx.telemetry;
+            if let Err(e) = tcp::proxy(
+                io, t, original, config, upstreams, &ctx.tcp, telemetry, flow, log,
+            )
+            .await
             {
                 tracing::info!(listener = %name, chain = %chain.name, %peer, error = %e, blame = ?e.blame(), flag = e.flag(), "tcp_proxy failed");
             }

@@ -58,6 +58,8 @@ pub struct Context {
     pub pool: Arc<Pool>,
     /// tcp_proxy counters.
     pub tcp: TcpCounters,
+    /// Istio's metrics.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// The last network filter, compiled.

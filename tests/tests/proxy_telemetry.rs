@@ -1,0 +1,146 @@
+//! Istio's standard metrics from `strait-proxy run` sidecars (issue 4, Telemetry): after N
+//! requests sleep → httpbin over mTLS, sleep's sidecar reports them on 15090 as the source and
+//! httpbin's on 15020 (merged) as the destination, with sleep's SPIFFE id and `mutual_tls`; the
+//! intruder's request, refused by httpbin's RBAC, is counted there with response code 403.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use strait_tests::mesh::{HTTPBIN, Protocol, SidecarKind, mtls_mesh};
+use strait_tests::upstream::{http_get, http_request};
+use strait_tests::{eventually, eventually_matches};
+
+const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+const INTRUDER: &str = "spiffe://cluster.local/ns/default/sa/intruder";
+const HTTPBIN_ID: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
+const N: f64 = 10.0;
+
+/// The sum of `metric`'s samples whose labels include all of `labels`.
+fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(metric)?.strip_prefix('{'))
+        .filter_map(|l| l.rsplit_once("} "))
+        .filter(|(set, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .sum()
+}
+
+async fn scrape(addr: SocketAddr) -> Result<String> {
+    let r = http_request(addr, "GET", "metrics", "/stats/prometheus").await?;
+    ensure!(r.status == 200, "{addr}/stats/prometheus: {}", r.status);
+    Ok(r.body)
+}
+
+/// Waits until `addr`'s `metric` with `labels` reaches `at_least`; returns the exposition.
+async fn wait_for(
+    addr: SocketAddr,
+    metric: &str,
+    labels: &[(&str, &str)],
+    at_least: f64,
+) -> Result<String> {
+    eventually(
+        &format!("{metric}{labels:?} ≥ {at_least} on {addr}"),
+        Duration::from_secs(30),
+        || async move {
+            let text = scrape(addr).await?;
+            let n = sum(&text, metric, labels);
+            if n >= at_least {
+                Ok(text)
+            } else {
+                bail!("{n}:\n{text}")
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strait_sidecars_report_istio_metrics() -> Result<()> {
+    let m = mtls_mesh(
+        SidecarKind::Strait,
+        Protocol::Http,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let first = eventually_matches(
+        "sleep → httpbin over mTLS",
+        Duration::from_secs(30),
+        || http_get(m.client(), HTTPBIN, "/"),
+        |r| r.0 == 200,
+    )
+    .await;
+    first.with_context(|| m.logs())?;
+    for i in 0..N as u32 {
+        let (status, body) = http_get(m.client(), HTTPBIN, &format!("/{i}")).await?;
+        ensure!(status == 200, "request {i}: {status} {body}");
+    }
+    let (status, body) = http_get(m.intruder(), HTTPBIN, "/").await?;
+    ensure!(status == 403, "the intruder got {status} {body}");
+
+    // sleep's sidecar (ips[0]) reports its requests as the source, on 15090.
+    let sleep = SocketAddr::new(m.ips[0], 15090);
+    let outbound = [
+        ("reporter", "source"),
+        ("source_workload", "sleep"),
+        ("source_workload_namespace", "default"),
+        ("source_principal", SLEEP),
+        ("source_cluster", "cluster1"),
+        ("destination_service", HTTPBIN),
+        ("destination_workload_namespace", "default"),
+        ("request_protocol", "http"),
+        ("response_code", "200"),
+    ];
+    let text = wait_for(sleep, "istio_requests_total", &outbound, N)
+        .await
+        .with_context(|| m.logs())?;
+    for histogram in [
+        "istio_request_duration_milliseconds_count",
+        "istio_request_bytes_count",
+        "istio_response_bytes_count",
+    ] {
+        let n = sum(&text, histogram, &outbound);
+        ensure!(n >= N, "{histogram}: {n}\n{text}");
+    }
+
+    // httpbin's sidecar (ips[2]) reports them as the destination, on 15020 (merged).
+    let httpbin = SocketAddr::new(m.ips[2], 15020);
+    let inbound = [
+        ("reporter", "destination"),
+        ("source_principal", SLEEP),
+        ("source_workload_namespace", "default"),
+        ("destination_workload", "httpbin"),
+        ("destination_workload_namespace", "default"),
+        ("destination_principal", HTTPBIN_ID),
+        ("destination_service", HTTPBIN),
+        ("destination_cluster", "cluster1"),
+        ("connection_security_policy", "mutual_tls"),
+        ("response_code", "200"),
+    ];
+    wait_for(httpbin, "istio_requests_total", &inbound, N)
+        .await
+        .with_context(|| m.logs())?;
+    let denied = [
+        ("reporter", "destination"),
+        ("source_principal", INTRUDER),
+        ("connection_security_policy", "mutual_tls"),
+        ("response_code", "403"),
+    ];
+    wait_for(httpbin, "istio_requests_total", &denied, 1.0)
+        .await
+        .with_context(|| m.logs())?;
+    // 15090 serves the same registry.
+    let direct = scrape(SocketAddr::new(m.ips[2], 15090)).await?;
+    ensure!(
+        sum(&direct, "istio_requests_total", &inbound) >= N,
+        "15090:\n{direct}"
+    );
+    for s in &m.sidecars {
+        ensure!(s.is_running(), "a sidecar died:\n{}", s.log_tail(30));
+    }
+    Ok(())
+}
