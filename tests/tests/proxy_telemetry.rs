@@ -2,6 +2,7 @@
 //! requests sleep → httpbin over mTLS, sleep's sidecar reports them on 15090 as the source and
 //! httpbin's on 15020 (merged) as the destination, with sleep's SPIFFE id and `mutual_tls`; the
 //! intruder's request, refused by httpbin's RBAC, is counted there with response code 403.
+//! The same over a TCP port: connections opened and closed and bytes both ways, on each side.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -139,6 +140,71 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
         sum(&direct, "istio_requests_total", &inbound) >= N,
         "15090:\n{direct}"
     );
+    for s in &m.sidecars {
+        ensure!(s.is_running(), "a sidecar died:\n{}", s.log_tail(30));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strait_sidecars_report_istio_tcp_metrics() -> Result<()> {
+    let m = mtls_mesh(
+        SidecarKind::Strait,
+        Protocol::Tcp,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let first = eventually_matches(
+        "sleep → httpbin over mTLS (TCP)",
+        Duration::from_secs(30),
+        || http_get(m.client(), HTTPBIN, "/"),
+        |r| r.0 == 200,
+    )
+    .await;
+    first.with_context(|| m.logs())?;
+    for i in 0..N as u32 {
+        let (status, body) = http_get(m.client(), HTTPBIN, &format!("/{i}")).await?;
+        ensure!(status == 200, "connection {i}: {status} {body}");
+    }
+    let outbound = [
+        ("reporter", "source"),
+        ("source_workload", "sleep"),
+        ("source_principal", SLEEP),
+        ("destination_service", HTTPBIN),
+        ("request_protocol", "tcp"),
+    ];
+    let sleep = SocketAddr::new(m.ips[0], 15090);
+    for metric in [
+        "istio_tcp_connections_opened_total",
+        "istio_tcp_connections_closed_total",
+    ] {
+        wait_for(sleep, metric, &outbound, N)
+            .await
+            .with_context(|| m.logs())?;
+    }
+    // Every connection carried a request out and a response back.
+    for metric in [
+        "istio_tcp_received_bytes_total",
+        "istio_tcp_sent_bytes_total",
+    ] {
+        wait_for(sleep, metric, &outbound, N * 10.0)
+            .await
+            .with_context(|| m.logs())?;
+    }
+    let inbound = [
+        ("reporter", "destination"),
+        ("source_principal", SLEEP),
+        ("destination_workload", "httpbin"),
+        ("destination_principal", HTTPBIN_ID),
+        // From Istio's SNI, outbound_.8000_._.<host>.
+        ("destination_service", HTTPBIN),
+        ("connection_security_policy", "mutual_tls"),
+        ("request_protocol", "tcp"),
+    ];
+    let httpbin = SocketAddr::new(m.ips[2], 15020);
+    wait_for(httpbin, "istio_tcp_connections_closed_total", &inbound, N)
+        .await
+        .with_context(|| m.logs())?;
     for s in &m.sidecars {
         ensure!(s.is_running(), "a sidecar died:\n{}", s.log_tail(30));
     }
