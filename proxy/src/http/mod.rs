@@ -39,7 +39,10 @@ use headers::ClientCert;
 use pool::Checkout;
 
 /// Response bodies, local or from upstream.
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The error of a response body: the upstream's, or the route timeout expiring mid-body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Largest request header block (Envoy's `max_request_headers_kb` default: 60 KiB).
 const MAX_REQUEST_HEADERS: usize = 60 * 1024;
@@ -366,11 +369,53 @@ async fn forward(
         }
         // A try's own timeout that is not retried answers 504 as the route's does.
         let response = response?;
-        let mut response = response.map(|b| b.boxed_unsync());
+        let mut response = response.map(|b| match deadline {
+            Some(d) => Deadline {
+                inner: b,
+                sleep: Box::pin(tokio::time::sleep_until(d)),
+            }
+            .boxed_unsync(),
+            None => b.map_err(BoxError::from).boxed_unsync(),
+        });
         let h = response.headers_mut();
         headers::strip_hop_by_hop(h);
         h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
         return Ok(response);
+    }
+}
+
+/// An upstream response body that must end by the route's deadline: Envoy's route timeout
+/// runs until the upstream response is complete, body included. Past it the body fails, and
+/// the downstream stream is reset (the status has gone already).
+struct Deadline {
+    inner: Incoming,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|r| r.map_err(BoxError::from)));
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(ProxyError::Timeout.into()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -419,14 +464,18 @@ async fn tried_backoff(policy: Option<&crate::config::RetryPolicy>, attempt: u32
         (Duration::from_millis(25), Duration::from_millis(250)),
         |p| p.back_off,
     );
-    let ceiling = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(max);
+    let ceiling = back_off_ceiling(base, max, attempt);
     let ms = u64::try_from(ceiling.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
     let wait = Duration::from_millis(rand::rng().random_range(0..ms));
     tokio::time::sleep(wait).await;
+}
+
+/// The back-off's upper bound before retry `attempt`: `base × 2^(attempt-1)`, at most `max`.
+fn back_off_ceiling(base: Duration, max: Duration, attempt: u32) -> Duration {
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(max)
 }
 
 /// Runs `f` until `deadline` (the route timeout); none: no limit.
@@ -616,6 +665,96 @@ mod tests {
         assert_eq!(strip_port("httpbin"), "httpbin");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    fn policy(retry_on: crate::config::RetryOn, codes: Vec<u16>) -> crate::config::RetryPolicy {
+        crate::config::RetryPolicy {
+            retry_on,
+            num_retries: 3,
+            per_try_timeout: Some(Duration::from_millis(100)),
+            retriable_status_codes: codes,
+            previous_hosts: true,
+            host_selection_retry_max_attempts: 5,
+            back_off: (Duration::from_millis(25), Duration::from_millis(250)),
+        }
+    }
+
+    #[test]
+    fn retried_statuses_follow_retry_on() {
+        use crate::config::RetryOn;
+        let five_xx = policy(
+            RetryOn {
+                five_xx: true,
+                ..RetryOn::default()
+            },
+            vec![],
+        );
+        assert!(retry_on_status(&five_xx, 503) && retry_on_status(&five_xx, 500));
+        assert!(!retry_on_status(&five_xx, 404) && !retry_on_status(&five_xx, 200));
+        let gateway = policy(
+            RetryOn {
+                gateway_error: true,
+                ..RetryOn::default()
+            },
+            vec![],
+        );
+        assert!(retry_on_status(&gateway, 502) && retry_on_status(&gateway, 504));
+        assert!(!retry_on_status(&gateway, 500));
+        let codes = policy(
+            RetryOn {
+                retriable_status_codes: true,
+                ..RetryOn::default()
+            },
+            vec![418],
+        );
+        assert!(retry_on_status(&codes, 418) && !retry_on_status(&codes, 503));
+        // Istio's default: the condition without codes retries no status.
+        let none = policy(codes.retry_on, vec![]);
+        assert!(!retry_on_status(&none, 418));
+    }
+
+    #[test]
+    fn retried_errors_follow_retry_on_and_safety() {
+        use crate::config::RetryOn;
+        let connect = ProxyError::ConnectFailed {
+            cluster: "c".into(),
+            endpoint: "1.2.3.4:80".into(),
+            reason: "refused".into(),
+        };
+        let reset = ProxyError::UpstreamReset("gone".into());
+        let only_connect = policy(
+            RetryOn {
+                connect_failure: true,
+                ..RetryOn::default()
+            },
+            vec![],
+        );
+        assert!(retry_on_error(&only_connect, &connect, false));
+        assert!(!retry_on_error(&only_connect, &reset, true));
+        let five_xx = policy(
+            RetryOn {
+                five_xx: true,
+                ..RetryOn::default()
+            },
+            vec![],
+        );
+        // A connect failure never sent the request; a reset or a try's timeout did, so they
+        // are retried only when the request can be replayed from its buffer.
+        assert!(retry_on_error(&five_xx, &connect, false));
+        assert!(retry_on_error(&five_xx, &reset, true));
+        assert!(!retry_on_error(&five_xx, &reset, false));
+        assert!(retry_on_error(&five_xx, &ProxyError::Timeout, true));
+        assert!(!retry_on_error(&five_xx, &ProxyError::NoRoute, true));
+    }
+
+    #[test]
+    fn back_off_doubles_up_to_its_ceiling() {
+        let (base, max) = (Duration::from_millis(25), Duration::from_millis(250));
+        let ms = |a| back_off_ceiling(base, max, a).as_millis();
+        assert_eq!(
+            [ms(1), ms(2), ms(3), ms(4), ms(5), ms(40)],
+            [25, 50, 100, 200, 250, 250]
+        );
     }
 
     #[test]
