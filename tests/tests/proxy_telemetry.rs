@@ -31,6 +31,30 @@ fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The access events (target `access`) of a log that contain every one of `fields`, without
+/// terminal colours.
+fn access_events(log: &str, fields: &[&str]) -> Vec<String> {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ … final byte in @–~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains(" access: ") && fields.iter().all(|f| l.contains(f)))
+        .map(str::to_string)
+        .collect()
+}
+
 async fn scrape(addr: SocketAddr) -> Result<String> {
     let r = http_request(addr, "GET", "metrics", "/stats/prometheus").await?;
     ensure!(r.status == 200, "{addr}/stats/prometheus: {}", r.status);
@@ -134,6 +158,42 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
     wait_for(httpbin, "istio_requests_total", &denied, 1.0)
         .await
         .with_context(|| m.logs())?;
+    // One access event per request on each side: sleep's names the upstream cluster,
+    // httpbin's the peer's principal and the x-request-id sleep's sidecar added.
+    let (sleep_sidecar, httpbin_sidecar, mesh) = (&m.sidecars[1], &m.sidecars[0], &m);
+    eventually("the access logs", Duration::from_secs(10), || async move {
+        let outbound = access_events(
+            &sleep_sidecar.log_tail(400),
+            &[
+                "upstream_cluster=\"outbound|8000||httpbin.default.svc.cluster.local\"",
+                "response_code=200",
+                "method=\"GET\"",
+            ],
+        );
+        let inbound = access_events(
+            &httpbin_sidecar.log_tail(400),
+            &[
+                &format!("peer_principal=\"{SLEEP}\""),
+                "upstream_cluster=\"inbound|8000||\"",
+                "response_code=200",
+            ],
+        );
+        let with_id = inbound
+            .iter()
+            .filter(|l| !l.contains("x_request_id=\"-\""))
+            .count();
+        if outbound.len() as f64 >= N && inbound.len() as f64 >= N && with_id == inbound.len() {
+            Ok(())
+        } else {
+            bail!(
+                "{} outbound, {} inbound ({with_id} with an id)\n{}",
+                outbound.len(),
+                inbound.len(),
+                mesh.logs()
+            )
+        }
+    })
+    .await?;
     // 15090 serves the same registry.
     let direct = scrape(SocketAddr::new(m.ips[2], 15090)).await?;
     ensure!(

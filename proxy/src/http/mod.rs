@@ -34,6 +34,7 @@ use crate::config::{
 use crate::error::ProxyError;
 use crate::listener::Context;
 use crate::tcp::choose_cluster;
+use crate::telemetry::request::UpstreamInfo;
 use crate::upstream::{BoxIo, Outcome};
 use headers::ClientCert;
 use pool::Checkout;
@@ -147,7 +148,7 @@ async fn handle(
 ) -> Response<Body> {
     let mut info = crate::telemetry::request::RequestInfo::start(&req, chain, down, ctx);
     let result = forward(req, chain, down, ctx).await;
-    let (response, flag) = match result {
+    let (mut response, flag) = match result {
         Ok(r) => (r, "-"),
         Err(e) => {
             tracing::debug!(listener = %chain.listener, error = %e, blame = ?e.blame(), "local reply");
@@ -157,6 +158,7 @@ async fn handle(
     // Metrics and the access log are recorded when the response body ends.
     info.status = response.status().as_u16();
     info.flags = flag;
+    info.upstream = response.extensions_mut().remove::<UpstreamInfo>();
     response.map(|b| crate::telemetry::request::Recorded::new(b, info).boxed_unsync())
 }
 

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::{Cluster, Endpoint, EndpointAddress, UpstreamProtocol};
 use crate::error::ProxyError;
+use crate::telemetry::request::UpstreamInfo;
 use crate::upstream::Upstreams;
 
 /// Request bodies sent upstream.
@@ -127,8 +128,24 @@ impl Pool {
         req: Request<ReqBody>,
     ) -> Result<Response<Incoming>, ProxyError> {
         let reset = |e: hyper::Error| ProxyError::UpstreamReset(e.to_string());
+        // Which upstream answered, for the access log and the metrics.
+        let upstream = UpstreamInfo {
+            cluster: checkout.key.cluster.clone(),
+            host: match &checkout.key.endpoint {
+                EndpointAddress::Socket(s) => s.to_string(),
+                EndpointAddress::Dns { host, port } => format!("{host}:{port}"),
+            },
+        };
+        let with_upstream = |mut r: Response<Incoming>| {
+            r.extensions_mut().insert(upstream);
+            r
+        };
         match checkout.sender {
-            Sender::H2(mut sender) => sender.send_request(req).await.map_err(reset),
+            Sender::H2(mut sender) => sender
+                .send_request(req)
+                .await
+                .map(with_upstream)
+                .map_err(reset),
             Sender::H1 {
                 mut sender,
                 used,
@@ -146,7 +163,7 @@ impl Pool {
                         }
                     });
                 }
-                Ok(response)
+                Ok(with_upstream(response))
             }
         }
     }

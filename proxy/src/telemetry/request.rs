@@ -13,6 +13,15 @@ use hyper::body::{Body, Frame, SizeHint};
 use super::access_log::{self, Entry};
 use super::{Direction, Flow, Telemetry};
 
+/// The upstream that answered: a response extension set by the connection pool.
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    /// The cluster.
+    pub cluster: String,
+    /// The endpoint, `ip:port` or `host:port`.
+    pub host: String,
+}
+
 /// What is known of a request when its response starts.
 #[derive(Debug)]
 pub struct RequestInfo {
@@ -48,6 +57,8 @@ pub struct RequestInfo {
     pub status: u16,
     /// Envoy's response flags (`-`: none).
     pub flags: &'static str,
+    /// The upstream, when one answered.
+    pub upstream: Option<UpstreamInfo>,
 }
 
 impl RequestInfo {
@@ -55,7 +66,7 @@ impl RequestInfo {
         let flow = Flow {
             direction: Some(self.direction),
             peer_principal: self.peer_principal.as_deref(),
-            cluster: None,
+            cluster: self.upstream.as_ref().map(|u| u.cluster.as_str()),
             authority: self.authority.as_deref(),
             mtls: self.peer_principal.is_some(),
         };
@@ -79,8 +90,8 @@ impl RequestInfo {
             bytes_received: self.request_bytes,
             bytes_sent: response_bytes,
             duration,
-            upstream_host: None,
-            upstream_cluster: None,
+            upstream_host: self.upstream.as_ref().map(|u| u.host.as_str()),
+            upstream_cluster: self.upstream.as_ref().map(|u| u.cluster.as_str()),
             downstream_peer: Some(self.peer),
             request_id: self.request_id.as_deref(),
             peer_principal: self.peer_principal.as_deref(),
@@ -195,6 +206,7 @@ impl RequestInfo {
             start_time: SystemTime::now(),
             status: 0,
             flags: "-",
+            upstream: None,
         }
     }
 }
