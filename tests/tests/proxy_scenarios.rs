@@ -3,11 +3,15 @@
 //! straitd config, with the same assertions.
 //!
 //! - Retries: an upstream failing its first 2 requests with 503 behind `retries: {attempts: 3,
-//!   retryOn: 5xx}` answers 200 after 3 attempts; without `retries` the client sees the 503.
+//!   retryOn: 5xx}` answers 200 after 3 attempts (a POST's body replayed on each); without
+//!   `retries` the client sees the 503. `perTryTimeout: 0.3s`: a first attempt that hangs is
+//!   abandoned and retried.
 //! - Timeout: `timeout: 0.5s` before an upstream that takes 2 s gives 504 `upstream request
-//!   timeout`, well before the upstream would have answered.
+//!   timeout`, well before the upstream would have answered; an upstream whose body stalls
+//!   past it has the response cut off (the route timeout runs until the response is complete).
 //! - Fault injection: abort 100 % with 418 never reaches the upstream (`fault filter abort`);
-//!   a 300 ms delay at 100 % still answers 200, no sooner than 300 ms.
+//!   a 300 ms delay at 100 % still answers 200, no sooner than 300 ms (less Envoy's timer
+//!   granularity).
 //! - Header routing: `x-user: jason` goes to v2, everything else to v1.
 //!
 //! The sidecar is `productpage` with an explicit (non-captured) egress listener; the services'
@@ -21,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -37,7 +41,8 @@ const PORT: u16 = 9080;
 
 /// A plaintext upstream: `/warm` always answers 200 at once (readiness probes, not counted);
 /// any other path is counted, fails with 503 while fewer than `fail_first` came before it,
-/// and answers after `delay`.
+/// answers after `delay` while fewer than `delayed` came before it, and echoes a request body
+/// after its name.
 struct Scripted {
     addr: SocketAddr,
     name: String,
@@ -47,6 +52,15 @@ struct Scripted {
 
 impl Scripted {
     async fn start(name: &str, fail_first: u64, delay: Duration) -> Result<Self> {
+        Self::start_with(name, fail_first, delay, u64::MAX).await
+    }
+
+    async fn start_with(
+        name: &str,
+        fail_first: u64,
+        delay: Duration,
+        delayed: u64,
+    ) -> Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicU64::new(0));
@@ -58,11 +72,19 @@ impl Scripted {
                     let (hits, body) = (hits.clone(), body.clone());
                     async move {
                         let mut status = 200;
+                        let mut body = body;
                         if req.uri().path() != "/warm" {
-                            if hits.fetch_add(1, Ordering::SeqCst) < fail_first {
+                            let before = hits.fetch_add(1, Ordering::SeqCst);
+                            if before < fail_first {
                                 status = 503;
                             }
-                            tokio::time::sleep(delay).await;
+                            if before < delayed {
+                                tokio::time::sleep(delay).await;
+                            }
+                            let sent = req.into_body().collect().await.map(|b| b.to_bytes());
+                            if let Some(sent) = sent.ok().filter(|b| !b.is_empty()) {
+                                body += &format!("\n{}", String::from_utf8_lossy(&sent));
+                            }
                         }
                         Ok::<_, Infallible>(
                             Response::builder()
@@ -182,7 +204,11 @@ impl Setup {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<HttpResponse> {
-        request(self.listener, &host(service), path, headers).await
+        request(self.listener, &host(service), path, headers, "").await
+    }
+
+    async fn post(&self, service: &str, path: &str, body: &'static str) -> Result<HttpResponse> {
+        request(self.listener, &host(service), path, &[], body).await
     }
 
     /// Waits until `service` answers `path` with `status` (the sidecar has its routes).
@@ -199,24 +225,29 @@ impl Setup {
     }
 }
 
-/// One GET with extra headers on a new connection, bounded by 10 s.
+/// One GET with extra headers (a POST, with a body) on a new connection, bounded by 10 s.
 async fn request(
     addr: SocketAddr,
     host: &str,
     path: &str,
     headers: &[(&str, &str)],
+    body: &'static str,
 ) -> Result<HttpResponse> {
     let exchange = async {
         let stream = TcpStream::connect(addr).await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let mut req = Request::get(path).header("host", host);
+        let method = if body.is_empty() { "GET" } else { "POST" };
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", host);
         for (n, v) in headers {
             req = req.header(*n, *v);
         }
         let response = sender
-            .send_request(req.body(Empty::<Bytes>::new())?)
+            .send_request(req.body(Full::new(Bytes::from_static(body.as_bytes())))?)
             .await?;
         let status = response.status().as_u16();
         let headers = response
@@ -251,8 +282,9 @@ async fn retries_scenario(kind: SidecarKind) -> Result<()> {
     const FAILURES: u64 = 2;
     let retried = Scripted::start("reviews", FAILURES, Duration::ZERO).await?;
     let plain = Scripted::start("ratings", FAILURES, Duration::ZERO).await?;
+    let posted = Scripted::start("details", FAILURES, Duration::ZERO).await?;
     let config = format!(
-        "{}{}",
+        "{}{}{}",
         service(
             "reviews",
             &[("v1", retried.addr)],
@@ -262,10 +294,19 @@ async fn retries_scenario(kind: SidecarKind) -> Result<()> {
             )),
         ),
         service("ratings", &[("v1", plain.addr)], None),
+        service(
+            "details",
+            &[("v1", posted.addr)],
+            Some(&format!(
+                "  - retries: {{attempts: 3, retryOn: 5xx}}\n{}",
+                route_to("details")
+            )),
+        ),
     );
     let s = setup(kind, &config).await?;
     s.until("reviews", "/warm", 200).await?;
     s.until("ratings", "/warm", 200).await?;
+    s.until("details", "/warm", 200).await?;
     let r = s.get("reviews", "/flaky", &[]).await?;
     ensure!(
         r.status == 200 && r.body == retried.body(),
@@ -292,7 +333,61 @@ async fn retries_scenario(kind: SidecarKind) -> Result<()> {
         "{kind:?}: {} attempts without retries",
         plain.hits()
     );
+    // A small request body is replayed on each attempt.
+    let r = s.post("details", "/flaky", "payload").await?;
+    ensure!(
+        r.status == 200 && r.body == format!("{}\npayload", posted.body()),
+        "{kind:?} POST with retries: {} {:?}",
+        r.status,
+        r.body
+    );
+    ensure!(
+        posted.hits() == FAILURES + 1,
+        "{kind:?}: the upstream saw {} POST attempts",
+        posted.hits()
+    );
     Ok(())
+}
+
+/// `perTryTimeout`: the first attempt hangs (2 s), the retry answers at once.
+async fn per_try_timeout_scenario(kind: SidecarKind) -> Result<()> {
+    let up = Scripted::start_with("reviews", 0, Duration::from_secs(2), 1).await?;
+    let config = service(
+        "reviews",
+        &[("v1", up.addr)],
+        Some(&format!(
+            "  - retries: {{attempts: 2, perTryTimeout: 0.3s, retryOn: 5xx}}\n{}",
+            route_to("reviews")
+        )),
+    );
+    let s = setup(kind, &config).await?;
+    s.until("reviews", "/warm", 200).await?;
+    let started = Instant::now();
+    let r = s.get("reviews", "/hang-once", &[]).await?;
+    let took = started.elapsed();
+    ensure!(
+        r.status == 200 && r.body == up.body(),
+        "{kind:?}: {} {}\n{}",
+        r.status,
+        r.body,
+        s.sidecar.log_tail(30)
+    );
+    ensure!(up.hits() == 2, "{kind:?}: {} attempts", up.hits());
+    ensure!(
+        took < Duration::from_millis(1900),
+        "{kind:?}: answered after {took:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_envoy() -> Result<()> {
+    per_try_timeout_scenario(SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_try_timeout_strait() -> Result<()> {
+    per_try_timeout_scenario(SidecarKind::Strait).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
