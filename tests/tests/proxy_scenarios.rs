@@ -349,6 +349,47 @@ async fn retries_scenario(kind: SidecarKind) -> Result<()> {
     Ok(())
 }
 
+/// `retryOn: connect-failure` with one of two endpoints refusing connections: every request
+/// is answered, by the live one (the retry goes to another host).
+async fn connect_failure_scenario(kind: SidecarKind) -> Result<()> {
+    let live = Scripted::start("live", 0, Duration::ZERO).await?;
+    let dead = {
+        let l = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        l.local_addr()?
+    };
+    let config = service(
+        "reviews",
+        &[("v1", live.addr), ("v2", dead)],
+        Some(&format!(
+            "  - retries: {{attempts: 3, retryOn: connect-failure}}\n{}",
+            route_to("reviews")
+        )),
+    );
+    let s = setup(kind, &config).await?;
+    s.until("reviews", "/warm", 200).await?;
+    for _ in 0..20 {
+        let r = s.get("reviews", "/", &[]).await?;
+        ensure!(
+            r.status == 200 && r.body == live.body(),
+            "{kind:?}: {} {}\n{}",
+            r.status,
+            r.body,
+            s.sidecar.log_tail(30)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_retried_envoy() -> Result<()> {
+    connect_failure_scenario(SidecarKind::Envoy).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_retried_strait() -> Result<()> {
+    connect_failure_scenario(SidecarKind::Strait).await
+}
+
 /// `perTryTimeout`: the first attempt hangs (2 s), the retry answers at once.
 async fn per_try_timeout_scenario(kind: SidecarKind) -> Result<()> {
     let up = Scripted::start_with("reviews", 0, Duration::from_secs(2), 1).await?;

@@ -304,11 +304,25 @@ async fn forward(
         };
         let chosen = match chosen {
             Ok(c) => c,
-            Err(e) if may_retry(Some(&e), None) => {
-                tried_backoff(policy, attempt).await;
-                continue;
+            Err((e, picked)) => {
+                let budget = match &picked {
+                    Some((c, _)) if may_retry(Some(&e), None) => ctx
+                        .upstreams
+                        .admit_retry(c, c.circuit_breakers.max_retries)
+                        .ok(),
+                    _ => None,
+                };
+                match (budget, picked) {
+                    (Some(b), Some((_, endpoint))) => {
+                        _retrying = Some(b);
+                        tried.push(endpoint);
+                        tracing::debug!(attempt, error = %e, "connect failed; retrying");
+                        tried_backoff(policy, attempt).await;
+                        continue;
+                    }
+                    _ => return Err(e),
+                }
             }
-            Err(e) => return Err(e),
         };
         let h2 = chosen.h2;
         let mut up = Request::new(match (&replay, body.take()) {
@@ -506,29 +520,38 @@ struct Chosen {
 
 /// An upstream connection for the route, avoiding the endpoints in `avoid` (Envoy's
 /// `previous_hosts` predicate) for up to the policy's `host_selection_retry_max_attempts`
-/// picks. A failed connect is reported to the balancer; the caller decides on retrying.
+/// picks. A failed connect is reported to the balancer and names the endpoint picked, if one
+/// was; the caller decides on retrying.
 async fn connect(
     ctx: &Context,
     config: &Config,
     (cluster, original): (&str, Option<SocketAddr>),
     forward: &Forward,
     avoid: &[Endpoint],
-) -> Result<Chosen, ProxyError> {
+) -> Result<Chosen, (ProxyError, Option<(Arc<crate::config::Cluster>, Endpoint)>)> {
     let picks = forward
         .retry
         .as_ref()
         .map_or(1, |r| r.host_selection_retry_max_attempts.max(1));
-    let mut pick = ctx.upstreams.pick(config, cluster, original)?;
+    let alone = |e| (e, None);
+    let mut pick = ctx
+        .upstreams
+        .pick(config, cluster, original)
+        .map_err(alone)?;
     for _ in 1..picks {
         if !avoid.contains(&pick.1) {
             break;
         }
-        pick = ctx.upstreams.pick(config, cluster, original)?;
+        pick = ctx
+            .upstreams
+            .pick(config, cluster, original)
+            .map_err(alone)?;
     }
     let (cluster, endpoint) = pick;
     let slot = ctx
         .upstreams
-        .admit(&cluster, cluster.circuit_breakers.max_requests)?;
+        .admit(&cluster, cluster.circuit_breakers.max_requests)
+        .map_err(alone)?;
     let h2 = cluster.http.protocol == crate::config::UpstreamProtocol::Http2;
     match ctx.pool.checkout(&ctx.upstreams, &cluster, &endpoint).await {
         Ok(checkout) => Ok(Chosen {
@@ -541,7 +564,7 @@ async fn connect(
         Err(e) => {
             ctx.upstreams
                 .report(&cluster, &endpoint, Outcome::LocalOriginFailure);
-            Err(e)
+            Err((e, Some((cluster, endpoint))))
         }
     }
 }
