@@ -442,7 +442,9 @@ const MAX_RETRY_BUFFER: u64 = 64 * 1024;
 /// Whether a failure is retried under `p`: connect failures (the request never left) under
 /// `connect-failure`, `reset-before-request`, `5xx`, `gateway-error`, `reset`; failures after
 /// the request left (reset, a try's timeout) only when the request can be replayed, under
-/// `reset`, `5xx`, `gateway-error` (and `refused-stream` for a reset).
+/// `reset`, `5xx`, `gateway-error`. `refused-stream` (in Istio's default policy) alone retries
+/// no reset: a reset is not known to be a REFUSED_STREAM, and the upstream may have acted on
+/// the request, so it is not replayed on a condition that promises it was not.
 fn retry_on_error(p: &crate::config::RetryPolicy, e: &ProxyError, replayable: bool) -> bool {
     let on = &p.retry_on;
     if e.retry_safe() {
@@ -456,9 +458,7 @@ fn retry_on_error(p: &crate::config::RetryPolicy, e: &ProxyError, replayable: bo
         return false;
     }
     match e {
-        ProxyError::UpstreamReset(_) => {
-            on.reset || on.five_xx || on.gateway_error || on.refused_stream
-        }
+        ProxyError::UpstreamReset(_) => on.reset || on.five_xx || on.gateway_error,
         ProxyError::Timeout => p.per_try_timeout.is_some() && (on.five_xx || on.gateway_error),
         _ => false,
     }
@@ -756,6 +756,14 @@ mod tests {
         );
         assert!(retry_on_error(&only_connect, &connect, false));
         assert!(!retry_on_error(&only_connect, &reset, true));
+        let refused = policy(
+            RetryOn {
+                refused_stream: true,
+                ..RetryOn::default()
+            },
+            vec![],
+        );
+        assert!(!retry_on_error(&refused, &reset, true));
         let five_xx = policy(
             RetryOn {
                 five_xx: true,
