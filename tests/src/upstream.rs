@@ -206,10 +206,23 @@ pub async fn http_request(
     host_header: &str,
     path: &str,
 ) -> Result<HttpResponse> {
+    http_exchange(addr, method, host_header, path, &[], Bytes::new()).await
+}
+
+/// Sends one request with extra `headers` and `body` on a new connection (`Connection: close`),
+/// bounded by [`REQUEST_TIMEOUT`].
+pub async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    host_header: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<HttpResponse> {
     let what = || format!("{method} http://{addr}{path} (Host: {host_header})");
     tokio::time::timeout(
         REQUEST_TIMEOUT,
-        request_once(addr, method, host_header, path),
+        request_once(addr, method, host_header, path, headers, body),
     )
     .await
     .map_err(|_| anyhow!("no response within {REQUEST_TIMEOUT:?}"))
@@ -222,15 +235,25 @@ async fn request_once(
     method: &str,
     host: &str,
     path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
 ) -> Result<HttpResponse> {
     let stream = TcpStream::connect(addr).await.context("connecting")?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    let request = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
         .header(HOST, host)
-        .header(CONNECTION, "close")
-        .body(Empty::<Bytes>::new())?;
+        .header(CONNECTION, "close");
+    for (n, v) in headers {
+        request = request.header(*n, *v);
+    }
+    // A bodiless request stays bodiless on the wire (no `content-length: 0` on a GET).
+    let request = request.body(if body.is_empty() {
+        http_body_util::Either::Left(Empty::<Bytes>::new())
+    } else {
+        http_body_util::Either::Right(Full::new(body))
+    })?;
     let exchange = async move {
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();

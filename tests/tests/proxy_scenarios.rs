@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -32,9 +32,9 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use strait_tests::controlplane::Straitd;
 use strait_tests::mesh::{Sidecar, SidecarKind};
-use strait_tests::upstream::HttpResponse;
+use strait_tests::upstream::{self, HttpResponse};
 use strait_tests::{eventually_matches, ports, process};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 const PORT: u16 = 9080;
@@ -225,7 +225,7 @@ impl Setup {
     }
 }
 
-/// One GET with extra headers (a POST, with a body) on a new connection, bounded by 10 s.
+/// One GET with extra headers (a POST, with a body) on a new connection, bounded.
 async fn request(
     addr: SocketAddr,
     host: &str,
@@ -233,43 +233,16 @@ async fn request(
     headers: &[(&str, &str)],
     body: &'static str,
 ) -> Result<HttpResponse> {
-    let exchange = async {
-        let stream = TcpStream::connect(addr).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        let method = if body.is_empty() { "GET" } else { "POST" };
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", host);
-        for (n, v) in headers {
-            req = req.header(*n, *v);
-        }
-        let response = sender
-            .send_request(req.body(Full::new(Bytes::from_static(body.as_bytes())))?)
-            .await?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
-        let body = response.into_body().collect().await?.to_bytes();
-        Ok::<_, anyhow::Error>(HttpResponse {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| anyhow!("GET {path} (Host {host}) timed out"))?
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    upstream::http_exchange(
+        addr,
+        method,
+        host,
+        path,
+        headers,
+        Bytes::from_static(body.as_bytes()),
+    )
+    .await
 }
 
 const ROUTE: &str = "    route: [{destination: {host: HOST}}]\n";
