@@ -76,11 +76,10 @@ impl HostResolver {
     pub fn system() -> Result<HostResolver, DnsError> {
         let builder =
             TokioResolver::builder_tokio().map_err(|e| DnsError::SystemConfig(e.to_string()))?;
-        Self::start(
-            builder
-                .build()
-                .map_err(|e| DnsError::Build(e.to_string()))?,
-        )
+        let resolver = builder
+            .build()
+            .map_err(|e| DnsError::Build(e.to_string()))?;
+        Ok(Self::start(resolver))
     }
 
     /// A resolver asking only `server` (UDP, then TCP), e.g. a cluster's DNS or a test's.
@@ -97,24 +96,23 @@ impl HostResolver {
         let opts = builder.options_mut();
         opts.timeout = Duration::from_secs(2);
         opts.attempts = 1;
-        Self::start(
-            builder
-                .build()
-                .map_err(|e| DnsError::Build(e.to_string()))?,
-        )
+        let resolver = builder
+            .build()
+            .map_err(|e| DnsError::Build(e.to_string()))?;
+        Ok(Self::start(resolver))
     }
 
-    fn start(resolver: TokioResolver) -> Result<HostResolver, DnsError> {
+    fn start(resolver: TokioResolver) -> HostResolver {
         let state = Arc::new(Mutex::new(State::default()));
         let wake = Arc::new(tokio::sync::Notify::new());
         let (tx, version) = watch::channel(0);
         let task = tokio::spawn(refresh_loop(resolver, state.clone(), wake.clone(), tx));
-        Ok(HostResolver {
+        HostResolver {
             state,
             wake,
             version,
             _task: Arc::new(TaskGuard(task)),
-        })
+        }
     }
 
     /// Keeps exactly `hosts` resolved from now on (names no longer listed are forgotten).

@@ -28,7 +28,7 @@ use crate::agent::WorkloadBootstrap;
 use crate::bins;
 use crate::controlplane::Straitd;
 use crate::envoy::{IstioMeta, Node, XdsMode, add_sds_cluster, envoy_path, xds_bootstrap};
-use crate::mesh::{HTTPBIN, HTTPBIN_PORT, READY_PATIENCE, SidecarKind};
+use crate::mesh::{self, READY_PATIENCE, SidecarKind};
 use crate::process::{Child, tempdir_for};
 use crate::topology::Host;
 use crate::upstream::{HttpResponse, http_request};
@@ -500,28 +500,16 @@ pub fn cross_network_config(
     app: SocketAddr,
     gateway: IpAddr,
 ) -> String {
-    let (host, port) = (HTTPBIN, HTTPBIN_PORT);
+    // The one-network mTLS mesh, with httpbin's endpoint on `server_network` and that
+    // network's gateway registered.
+    let one_network = mesh::mtls_config(mesh::Protocol::Http, client, intruder, server, app);
+    let on_network = one_network.replacen(
+        "  serviceAccount: httpbin\n",
+        &format!("  network: {server_network}\n  serviceAccount: httpbin\n"),
+        1,
+    );
     format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  hosts: [{host}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: {port}, name: http, protocol: HTTP}}]
-  workloadSelector: {{labels: {{app: httpbin}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: httpbin-1, namespace: default}}
-spec:
-  address: {server}
-  network: {server_network}
-  serviceAccount: httpbin
-  labels: {{app: httpbin, security.istio.io/tlsMode: istio}}
----
+        r#"{on_network}---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata:
@@ -532,56 +520,6 @@ spec:
   address: {gateway}
   network: {server_network}
   labels: {{istio: eastwestgateway}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: httpbin}}}}
-  ingress:
-  - port: {{number: {port}, protocol: HTTP, name: http}}
-    bind: {server}
-    captureMode: NONE
-    defaultEndpoint: {app}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: sleep, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: sleep}}}}
-  egress:
-  - port: {{number: {port}, protocol: HTTP, name: http}}
-    bind: {client}
-    captureMode: NONE
-    hosts: ["./*"]
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: intruder, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: intruder}}}}
-  egress:
-  - port: {{number: {port}, protocol: HTTP, name: http}}
-    bind: {intruder}
-    captureMode: NONE
-    hosts: ["./*"]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  mtls: {{mode: STRICT}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {{principals: ["cluster.local/ns/default/sa/sleep"]}}
 "#
     )
 }

@@ -93,6 +93,14 @@ pub(crate) struct FieldError {
 }
 
 impl FieldError {
+    /// A filter `name` this proxy does not implement (the `name` field is to blame).
+    pub(crate) fn unsupported_filter(what: &str, name: &str) -> FieldError {
+        FieldError::new(
+            "name",
+            format!("{what} {:?} is not supported", excerpt(name, 64)),
+        )
+    }
+
     pub(crate) fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
         let field = field.into();
         FieldError {

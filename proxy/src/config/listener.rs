@@ -358,15 +358,7 @@ fn listener_filter_kind(mut f: ListenerFilter) -> Result<ListenerFilterKind> {
             nothing_else(&o).at("typed_config")?;
             ListenerFilterKind::OriginalDst
         }
-        other => {
-            return Err(FieldError::new(
-                "name",
-                format!(
-                    "listener filter {:?} is not supported",
-                    super::error::excerpt(other, 64)
-                ),
-            ));
-        }
+        other => return Err(FieldError::unsupported_filter("listener filter", other)),
     };
     f.name.clear();
     nothing_else(&f)?;
@@ -495,15 +487,7 @@ fn network_filter(mut f: Filter) -> Result<NetworkFilter> {
             let r: EnvoyNetworkRbac = decode_any(&any).at("typed_config")?;
             NetworkFilter::Rbac(network_rbac(r).at("typed_config")?)
         }
-        other => {
-            return Err(FieldError::new(
-                "name",
-                format!(
-                    "network filter {:?} is not supported",
-                    super::error::excerpt(other, 64)
-                ),
-            ));
-        }
+        other => return Err(FieldError::unsupported_filter("network filter", other)),
     };
     Ok(out)
 }
@@ -805,15 +789,7 @@ fn http_filter_config(mut f: EnvoyHttpFilter) -> Result<HttpFilter> {
             nothing_else(&r).at("typed_config")?;
             HttpFilter::Router
         }
-        other => {
-            return Err(FieldError::new(
-                "name",
-                format!(
-                    "HTTP filter {:?} is not supported",
-                    super::error::excerpt(other, 64)
-                ),
-            ));
-        }
+        other => return Err(FieldError::unsupported_filter("HTTP filter", other)),
     };
     f.name.clear();
     nothing_else(&f)?;
