@@ -1,13 +1,17 @@
 //! The admin endpoint (loopback, Envoy's 15000: `/ready`, `/config_dump`, `/stats`,
-//! `/stats/prometheus`), the health endpoint (15021: `/healthz/ready`) and the metrics
-//! endpoints (15090 and 15020: `/stats/prometheus`). Small on purpose: read-only views of what is
-//! applied, one HTTP/1.1 server each.
+//! `/stats/prometheus`, and `POST /logging`), the health endpoint (15021: `/healthz/ready`) and
+//! the metrics endpoints (15090 and 15020: `/stats/prometheus`). Small on purpose: views of what
+//! is applied, one HTTP/1.1 server each; the one mutation, `/logging`, only from loopback peers.
+
+mod logging;
+
+pub use logging::{Apply, LogLevels, Refused};
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -33,12 +37,19 @@ pub struct AdminState {
     pub bound: watch::Receiver<BTreeMap<String, SocketAddr>>,
     /// The xDS client's status.
     pub xds: watch::Receiver<Arc<Status>>,
+    /// Runtime log levels (`/logging`); None: the page answers 404.
+    pub logging: Option<Arc<LogLevels>>,
+    /// Set once the proxy drains for termination: readiness answers 503 from then on.
+    pub draining: Arc<AtomicBool>,
 }
 
 impl AdminState {
     /// Ready once a first config has been applied (listeners and clusters ACKed) and every
     /// listener that binds is bound.
     pub fn ready(&self) -> bool {
+        if self.draining.load(Ordering::Relaxed) {
+            return false;
+        }
         let config = self.ctx.config.borrow().clone();
         let bindable = config.listeners.values().filter(|l| l.bind_to_port).count();
         !config.versions.listeners.is_empty()
@@ -132,7 +143,14 @@ fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<
 }
 
 fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
-    if state.ready() {
+    if state.draining.load(Ordering::Relaxed) {
+        // Envoy's server state name while it drains.
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "DRAINING\n".into(),
+        )
+    } else if state.ready() {
         reply(StatusCode::OK, "text/plain", "LIVE\n".into())
     } else {
         reply(
@@ -143,9 +161,14 @@ fn readiness(state: &AdminState) -> Response<Full<Bytes>> {
     }
 }
 
-fn admin_page(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn admin_page(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/ready" => readiness(state),
+        "/logging" => logging_page(state, req, peer),
         "/config_dump" => reply(
             StatusCode::OK,
             "application/json",
@@ -154,6 +177,62 @@ fn admin_page(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Byte
         "/stats" => reply(StatusCode::OK, "text/plain", state.stats()),
         "/stats/prometheus" => prometheus(state),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Envoy's `/logging`: POST only (405 otherwise, as Envoy for mutations), from loopback peers
+/// only (403, as straitd's config API); answers the filter in effect, 400 naming what was
+/// refused.
+fn logging_page(
+    state: &AdminState,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let Some(levels) = &state.logging else {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into());
+    };
+    if req.method() != hyper::Method::POST {
+        let mut r = reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "/logging changes state: use POST\n".into(),
+        );
+        r.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+        return r;
+    }
+    if !mutation_allowed(peer) {
+        tracing::warn!(%peer, "refused /logging from a non-loopback peer");
+        return reply(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "/logging is only served to loopback peers\n".into(),
+        );
+    }
+    match levels.update(req.uri().query()) {
+        Ok(filter) => {
+            if req.uri().query().is_some_and(|q| !q.is_empty()) {
+                tracing::info!(%filter, "log filter changed through admin");
+            }
+            reply(
+                StatusCode::OK,
+                "text/plain",
+                format!("active filter: {filter}\n"),
+            )
+        }
+        Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    }
+}
+
+/// Whether a peer may change state through admin: loopback only (also v4-mapped v6).
+fn mutation_allowed(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -201,7 +280,7 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             };
@@ -209,7 +288,7 @@ pub async fn serve(
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let r = match pages {
-                        Pages::Admin => admin_page(&state, &req),
+                        Pages::Admin => admin_page(&state, &req, peer),
                         Pages::Health => health_page(&state, &req),
                         Pages::Metrics => metrics_page(&state, &req),
                     };
@@ -222,4 +301,27 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::mutation_allowed;
+
+    #[test]
+    fn only_loopback_peers_mutate() {
+        for (peer, ok) in [
+            ("127.0.0.1:1", true),
+            ("127.9.8.7:1", true),
+            ("[::1]:1", true),
+            ("[::ffff:127.0.0.1]:1", true),
+            ("10.0.0.1:1", false),
+            ("198.18.0.20:1", false),
+            ("[::ffff:10.0.0.1]:1", false),
+            ("[fe80::1]:1", false),
+        ] {
+            assert_eq!(mutation_allowed(peer.parse().unwrap()), ok, "{peer}");
+        }
+    }
 }

@@ -1,19 +1,23 @@
 //! All of start-up in one place (ztunnel's `app.rs`): certificate manager → [`CertSource`]
 //! (and optionally SDS for a stock Envoy beside us), xDS client → config watch → listeners,
 //! admin and health. [`App::start`] returns once everything is bound; [`Bound`] says where.
+//! [`App::drain`] is termination as Istio's agent does it (readiness fails at once, inbound
+//! listeners drain, exit when idle or at the deadline); admin and metrics answer until the end.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::task::JoinHandle;
 
-use crate::admin::{self, AdminState, Pages};
+use crate::admin::{self, AdminState, LogLevels, Pages};
 use crate::certs::{CertManager, CertManagerConfig, SdsServer};
 use crate::http::pool::Pool;
-use crate::listener::{Context, Listeners};
+use crate::listener::{Context, Drained, Listeners};
 use crate::tcp::TcpCounters;
 use crate::telemetry::{Local, Telemetry};
 use crate::tls::{CertSource, ClientTls};
@@ -67,6 +71,8 @@ pub struct RunConfig {
     pub metrics: Option<SocketAddr>,
     /// The merged metrics, `/stats/prometheus` (pilot-agent's 15020); None: not served.
     pub merged_metrics: Option<SocketAddr>,
+    /// Runtime log levels for admin's `/logging`; None: not offered.
+    pub logging: Option<Arc<LogLevels>>,
 }
 
 /// Where things are bound.
@@ -93,6 +99,7 @@ pub struct App {
     manager: Option<CertManager>,
     sds: Option<SdsServer>,
     servers: Vec<JoinHandle<()>>,
+    draining: Arc<AtomicBool>,
 }
 
 impl App {
@@ -128,10 +135,13 @@ impl App {
             telemetry: Arc::new(Telemetry::new(local)),
         });
         let listeners = Listeners::start(ctx.clone());
+        let draining = Arc::new(AtomicBool::new(false));
         let state = AdminState {
             ctx: ctx.clone(),
             bound: listeners.bound(),
             xds: xds.status(),
+            logging: config.logging.take(),
+            draining: draining.clone(),
         };
         let bind = |addr, pages, state| async move {
             admin::serve(addr, pages, state)
@@ -179,7 +189,36 @@ impl App {
             manager,
             sds,
             servers,
+            draining,
         })
+    }
+
+    /// Termination (SIGTERM): readiness answers 503 from now on, inbound listeners stop
+    /// accepting and drain, outbound ones keep serving; once no connection is left, or after
+    /// `deadline` (Istio's `terminationDrainDuration`), everything stops and what is still open
+    /// is cut. Admin and metrics answer until the listeners are done.
+    pub async fn drain(self, deadline: Duration) -> Drained {
+        self.draining.store(true, Ordering::Relaxed);
+        let App {
+            listeners,
+            xds,
+            manager,
+            sds,
+            servers,
+            ..
+        } = self;
+        let drained = listeners.drain(deadline).await;
+        for s in &servers {
+            s.abort();
+        }
+        xds.shutdown().await;
+        if let Some(sds) = sds {
+            sds.shutdown().await;
+        }
+        if let Some(m) = manager {
+            m.shutdown().await;
+        }
+        drained
     }
 
     /// Stops accepting, drains the listeners, stops xDS, SDS and the certificate manager.

@@ -2,7 +2,9 @@
 //!
 //! - `run`: the sidecar itself: the workload certificate from the control plane's CA, xDS from
 //!   the control plane, listeners, mTLS, TCP and HTTP proxying, admin and health (see
-//!   `strait_proxy::app`). It can also serve the certificate over SDS.
+//!   `strait_proxy::app`). It can also serve the certificate over SDS. SIGTERM or SIGINT
+//!   drains it (Istio's `terminationDrainDuration`: `--drain-duration`, 5 s) and it exits 0;
+//!   a second signal exits at once. Log levels change at runtime through admin's `/logging`.
 //! - `sds`: the agent beside a stock Envoy, as Istio's pilot-agent does: it obtains the
 //!   workload certificate, rotates it, and serves it to Envoy over SDS on a Unix socket
 //!   (`default` and `ROOTCA`).
@@ -10,14 +12,20 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use strait_proto::identity::SpiffeId;
+use strait_proxy::admin::{Apply, LogLevels};
 use strait_proxy::app::{App, RunConfig};
 use strait_proxy::certs::{CaClientConfig, CertManager, CertManagerConfig, SdsServer};
 use strait_proxy::xds::{NodeInfo, XdsConfig};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
 
 #[derive(Debug, Parser)]
 #[command(version, about = "Strait's data plane")]
@@ -126,6 +134,24 @@ struct RunArgs {
     /// The merged metrics, `/stats/prometheus` (pilot-agent's 15020; port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:15020")]
     merged_metrics_address: SocketAddr,
+    /// After SIGTERM, how long in-flight connections may go on before they are cut (Istio's
+    /// `terminationDrainDuration`): `5s`, `1500ms`, or seconds. The proxy exits earlier once
+    /// none is left.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_duration: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = match s.strip_suffix("ms") {
+        Some(n) => (n, 1e-3),
+        None => (s.strip_suffix('s').unwrap_or(s), 1.0),
+    };
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0 && *n * unit <= 24.0 * 3600.0)
+        .map(|n| Duration::from_secs_f64(n * unit))
+        .ok_or_else(|| format!("{s:?} is not a duration of at most 24 h (`5s`, `1500ms`)"))
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -135,7 +161,7 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 }
 
 impl RunArgs {
-    fn into_config(self) -> RunConfig {
+    fn into_config(self, logging: Arc<LogLevels>) -> RunConfig {
         let mut labels: BTreeMap<String, String> = self.labels.into_iter().collect();
         labels
             .entry("app".to_string())
@@ -165,6 +191,7 @@ impl RunArgs {
             health: self.health_address,
             metrics: Some(self.metrics_address),
             merged_metrics: Some(self.merged_metrics_address),
+            logging: Some(logging),
         }
     }
 }
@@ -186,16 +213,33 @@ enum Command {
     },
 }
 
+/// The subscriber: `STRAIT_LOG` (default `info`) behind a reload layer, so admin's `/logging`
+/// can change it.
+fn init_logging() -> LogLevels {
+    let (filter, initial) = match std::env::var("STRAIT_LOG") {
+        Ok(s) => match EnvFilter::try_new(&s) {
+            Ok(f) => (f, s),
+            Err(_) => (EnvFilter::new("info"), "info".to_string()),
+        },
+        Err(_) => (EnvFilter::new("info"), "info".to_string()),
+    };
+    let (layer, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+    let apply: Apply = Box::new(move |directives: &str| {
+        let filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    });
+    LogLevels::new(&initial, apply)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let logging = Arc::new(init_logging());
     match Args::parse().command {
-        Command::Run(args) => run(*args).await,
+        Command::Run(args) => run(*args, logging).await,
         Command::Sds {
             ca,
             cluster,
@@ -207,8 +251,11 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let app = App::start(args.into_config())
+async fn run(args: RunArgs, logging: Arc<LogLevels>) -> anyhow::Result<()> {
+    // Installed before start-up, so a signal during it is not the default (exit at once).
+    let mut signals = Signals::new()?;
+    let drain_duration = args.drain_duration;
+    let app = App::start(args.into_config(logging))
         .await
         .context("starting the proxy")?;
     tracing::info!(
@@ -218,9 +265,50 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         merged_metrics = ?app.bound.merged_metrics,
         "strait-proxy running"
     );
-    shutdown_signal().await;
-    app.shutdown().await;
+    let first = signals.recv().await;
+    tracing::info!(
+        signal = first,
+        ?drain_duration,
+        "terminating: not ready any more, draining"
+    );
+    tokio::select! {
+        drained = app.drain(drain_duration) => {
+            if drained.idle {
+                // `cut`: connections that arrived on outbound listeners after the last one closed.
+                tracing::info!(cut = drained.cut, "drained: no connection left; exiting");
+            } else {
+                tracing::info!(cut = drained.cut, ?drain_duration, "drain deadline: connections cut; exiting");
+            }
+        }
+        second = signals.recv() => {
+            tracing::warn!(signal = second, "second signal: exiting without draining");
+            // Returning would wait for the runtime's tasks; the point is to stop now.
+            std::process::exit(0);
+        }
+    }
     Ok(())
+}
+
+/// SIGTERM and SIGINT, received through one pair of streams so a second signal is seen.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 async fn sds(config: CertManagerConfig, sds_socket: PathBuf) -> anyhow::Result<()> {

@@ -4,6 +4,17 @@
 //! listener stops accepting and drains: HTTP connections finish their requests and close
 //! (GOAWAY / `Connection: close`), the rest get [`DRAIN_TIMEOUT`] before they are cut.
 //!
+//! Termination ([`Listeners::drain`], on SIGTERM) is the same drain, applied the way Istio's
+//! agent drains a sidecar (`drain_listeners?inboundonly&graceful`, then `terminationDrainDuration`):
+//! inbound listeners stop accepting and drain; outbound ones keep serving, so the application
+//! can still call out while it shuts down; then everything stops once no connection is left or
+//! at the deadline, whichever is first (Istio's `EXIT_ON_ZERO_ACTIVE_CONNECTIONS`), and what is
+//! still open then is cut. Envoy's graceful drain would keep accepting inbound connections and
+//! close each after its first response; we stop accepting instead, as Istio's documentation of
+//! `terminationDrainDuration` describes, because hyper's graceful shutdown closes a connection
+//! that has not sent its first request, which a peer cannot tell from a failed request, while a
+//! refused connect is retried by the peer's `connect-failure` policy.
+//!
 //! Listeners with `bind_to_port: false` are compiled too and handed connections that a
 //! `use_original_dst` listener (capture, `virtualOutbound`) accepted for their address
 //! ([`capture`]).
@@ -29,7 +40,7 @@ use tokio::task::{JoinHandle, JoinSet};
 pub use chain::{Facts, select};
 
 use crate::authz::{self, Authorizer};
-use crate::config::{self, Config, FilterChain, HttpFilter, Listener, TcpProxy};
+use crate::config::{self, Config, Direction, FilterChain, HttpFilter, Listener, TcpProxy};
 use crate::http::HttpChain;
 use crate::http::pool::Pool;
 use crate::tcp::TcpCounters;
@@ -214,7 +225,43 @@ struct Active {
     spec: Arc<Listener>,
     update: watch::Sender<Arc<Compiled>>,
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: JoinHandle<usize>,
+}
+
+/// Signals every listener task shares.
+#[derive(Debug, Clone)]
+struct Signals {
+    /// Termination: inbound listeners stop accepting and drain.
+    terminate: watch::Receiver<bool>,
+    /// The drain is over: what is still open is cut now rather than after [`DRAIN_TIMEOUT`].
+    cut: watch::Receiver<bool>,
+    /// Open downstream connections, over every listener.
+    active: Arc<watch::Sender<usize>>,
+}
+
+/// Counts one open connection for as long as it lives.
+struct Open(Arc<watch::Sender<usize>>);
+
+impl Open {
+    fn new(active: &Arc<watch::Sender<usize>>) -> Open {
+        active.send_modify(|n| *n += 1);
+        Open(active.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// How a termination drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// True if no connection was left before the deadline.
+    pub idle: bool,
+    /// Connections still open at the end, closed without finishing.
+    pub cut: usize,
 }
 
 /// The running listeners; dropping it stops them at once.
@@ -222,7 +269,10 @@ struct Active {
 pub struct Listeners {
     bound: watch::Receiver<BTreeMap<String, SocketAddr>>,
     shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    terminate: watch::Sender<bool>,
+    cut: watch::Sender<bool>,
+    active: watch::Receiver<usize>,
+    task: Option<JoinHandle<usize>>,
 }
 
 impl Listeners {
@@ -230,12 +280,28 @@ impl Listeners {
     pub fn start(ctx: Arc<Context>) -> Listeners {
         let (bound_tx, bound) = watch::channel(BTreeMap::new());
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(run(ctx, bound_tx, shutdown_rx));
+        let (terminate, terminate_rx) = watch::channel(false);
+        let (cut, cut_rx) = watch::channel(false);
+        let (active_tx, active) = watch::channel(0);
+        let signals = Signals {
+            terminate: terminate_rx,
+            cut: cut_rx,
+            active: Arc::new(active_tx),
+        };
+        let task = tokio::spawn(run(ctx, bound_tx, shutdown_rx, signals));
         Listeners {
             bound,
             shutdown,
+            terminate,
+            cut,
+            active,
             task: Some(task),
         }
+    }
+
+    /// Open downstream connections over every listener, as it changes.
+    pub fn active(&self) -> watch::Receiver<usize> {
+        self.active.clone()
     }
 
     /// Listener name → the address it is bound to, as it changes.
@@ -250,6 +316,24 @@ impl Listeners {
             let _ = task.await;
         }
     }
+
+    /// Drains for termination (see the module doc): inbound listeners stop accepting and
+    /// drain, then everything stops when no connection is left or after `deadline`; what is
+    /// still open then is cut.
+    pub async fn drain(mut self, deadline: Duration) -> Drained {
+        let _ = self.terminate.send(true);
+        let mut active = self.active.clone();
+        let idle = tokio::time::timeout(deadline, active.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let _ = self.cut.send(true);
+        let _ = self.shutdown.send(true);
+        let cut = match self.task.take() {
+            Some(task) => task.await.unwrap_or(0),
+            None => 0,
+        };
+        Drained { idle, cut }
+    }
 }
 
 impl Drop for Listeners {
@@ -260,23 +344,41 @@ impl Drop for Listeners {
     }
 }
 
+/// Follows the config until shutdown; returns how many connections were cut at the end.
 async fn run(
     ctx: Arc<Context>,
     bound: watch::Sender<BTreeMap<String, SocketAddr>>,
     mut shutdown: watch::Receiver<bool>,
-) {
+    signals: Signals,
+) -> usize {
     let mut config = ctx.config.clone();
+    let mut terminate = signals.terminate.clone();
+    // Removed listeners still draining: awaited at the end, their cut connections counted.
+    let mut retired: Vec<JoinHandle<usize>> = Vec::new();
     let mut active: HashMap<String, Active> = HashMap::new();
     let (handoff, handoff_rx) = watch::channel(Arc::new(capture::Handoff::new()));
     let mut unbound: HashMap<String, (Arc<Listener>, Arc<Compiled>)> = HashMap::new();
     loop {
         let snapshot = config.borrow_and_update().clone();
         handoff.send_replace(Arc::new(handoff_listeners(&ctx, &snapshot, &mut unbound)));
-        let all_bound = reconcile(&ctx, &snapshot, &mut active, &handoff_rx).await;
+        let terminating = *terminate.borrow_and_update();
+        retired.retain(|t| !t.is_finished());
+        let all_bound = reconcile(
+            &ctx,
+            &snapshot,
+            &mut active,
+            &mut retired,
+            &handoff_rx,
+            &signals,
+            terminating,
+        )
+        .await;
         bound.send_replace(active.iter().map(|(n, a)| (n.clone(), a.address)).collect());
         tokio::select! {
             changed = config.changed() => if changed.is_err() { break },
             () = crate::http::drained(&mut shutdown) => break,
+            // Reconciling again applies termination to the listeners.
+            () = crate::http::drained(&mut terminate), if !terminating => {}
             _ = tokio::time::sleep(REBIND_INTERVAL), if !all_bound => {}
         }
     }
@@ -286,10 +388,13 @@ async fn run(
             let _ = a.stop.send(true);
             a.task
         })
+        .chain(retired)
         .collect();
+    let mut cut = 0;
     for t in tasks {
-        let _ = t.await;
+        cut += t.await.unwrap_or(0);
     }
+    cut
 }
 
 /// The `bind_to_port: false` listeners by address, compiled (again only when changed).
@@ -322,27 +427,39 @@ fn handoff_listeners(
 }
 
 /// Brings the running listeners in line with `config`; false if some could not be bound.
+/// `terminating`: inbound listeners are no longer wanted (they drain as removed ones do).
 async fn reconcile(
     ctx: &Arc<Context>,
     config: &Config,
     active: &mut HashMap<String, Active>,
+    retired: &mut Vec<JoinHandle<usize>>,
     handoff: &watch::Receiver<Arc<capture::Handoff>>,
+    signals: &Signals,
+    terminating: bool,
 ) -> bool {
     let wanted: HashMap<&String, &Arc<Listener>> = config
         .listeners
         .iter()
         .filter(|(_, l)| l.bind_to_port)
+        .filter(|(_, l)| !(terminating && l.direction == Direction::Inbound))
         .collect();
-    active.retain(|name, a| {
-        let keep = wanted
-            .get(name)
-            .is_some_and(|l| l.address == a.spec.address);
-        if !keep {
+    let removed: Vec<String> = active
+        .iter()
+        .filter(|(name, a)| wanted.get(name).is_none_or(|l| l.address != a.spec.address))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in removed {
+        let Some(a) = active.remove(&name) else {
+            continue;
+        };
+        if terminating && a.spec.direction == Direction::Inbound {
+            tracing::info!(listener = %name, address = %a.spec.address, "terminating: inbound listener draining");
+        } else {
             tracing::info!(listener = %name, address = %a.spec.address, "listener removed: draining");
-            let _ = a.stop.send(true);
         }
-        keep
-    });
+        let _ = a.stop.send(true);
+        retired.push(a.task);
+    }
     let mut all_bound = true;
     for (name, spec) in wanted {
         if let Some(a) = active.get_mut(name) {
@@ -373,6 +490,7 @@ async fn reconcile(
             stop_rx,
             handoff.clone(),
             ctx.clone(),
+            signals.clone(),
         ));
         active.insert(
             name.clone(),
@@ -388,13 +506,15 @@ async fn reconcile(
     all_bound
 }
 
+/// Accepts until `stop`, then drains; returns how many connections were cut at the end.
 async fn accept_loop(
     tcp: TcpListener,
     compiled: watch::Receiver<Arc<Compiled>>,
     mut stop: watch::Receiver<bool>,
     handoff: watch::Receiver<Arc<capture::Handoff>>,
     ctx: Arc<Context>,
-) {
+    signals: Signals,
+) -> usize {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (drain, drain_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -410,9 +530,10 @@ async fn accept_loop(
                     };
                     let (l, ctx, drain) = (compiled.borrow().clone(), ctx.clone(), drain_rx.clone());
                     let handoff = l.spec.use_original_dst.then(|| handoff.borrow().clone());
+                    let open = Open::new(&signals.active);
                     conns.spawn(async move {
                         conn::serve(stream, peer, l, handoff, ctx, drain).await;
-                        drop(permit);
+                        drop((permit, open));
                     });
                 }
                 Err(e) => {
@@ -427,14 +548,25 @@ async fn accept_loop(
     drop(tcp);
     let _ = drain.send(true);
     let open = conns.len();
-    if tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while conns.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
+    let mut cut = signals.cut.clone();
+    let finished = tokio::select! {
+        r = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            while conns.join_next().await.is_some() {}
+        }) => r.is_ok(),
+        () = crate::http::drained(&mut cut) => false,
+    };
+    if !finished {
         tracing::info!(listener = %name, left = conns.len(), "drain period over: closing the rest");
     }
-    conns.shutdown().await;
-    tracing::info!(listener = %name, drained = open, "listener stopped");
+    // Only connections still running when aborted count as cut: one that ended just now is
+    // still in the set, its result not yet collected.
+    conns.abort_all();
+    let mut left = 0;
+    while let Some(r) = conns.join_next().await {
+        if r.is_err_and(|e| e.is_cancelled()) {
+            left += 1;
+        }
+    }
+    tracing::info!(listener = %name, drained = open - left, cut = left, "listener stopped");
+    left
 }

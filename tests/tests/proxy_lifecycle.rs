@@ -1,0 +1,541 @@
+//! strait-proxy operations, with a real `strait-proxy run` in front of an application of this
+//! file, on straitd's config:
+//!
+//! - SIGTERM drains (Istio's `terminationDrainDuration`): readiness (`/healthz/ready` and admin
+//!   `/ready`) turns 503, the inbound listener stops accepting, an idle keep-alive connection is
+//!   closed, a request in flight completes with 200 and `Connection: close`, metrics answer
+//!   throughout, and the process exits 0 saying it drained; with a request that outlasts
+//!   `--drain-duration` the process exits 0 at the deadline saying connections were cut; a
+//!   second SIGTERM exits at once.
+//! - Admin's `POST /logging` changes the log filter at runtime: a debug line of
+//!   `strait_proxy::http` ("RBAC denied") appears only while that target is at debug; GET is
+//!   405, hostile queries are 400 and leave the filter as it was.
+//!
+//! The application's `/slow` answers only when the test opens a gate, so "in flight when the
+//! signal arrives" is a fact, not a timing guess. The service is PERMISSIVE, so the test talks
+//! plain HTTP/1.1 to the sidecar's inbound listener and sees its `Connection` headers itself.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, anyhow, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use strait_tests::agent::workload_bootstrap;
+use strait_tests::controlplane::Straitd;
+use strait_tests::process::{self, Child};
+use strait_tests::upstream::http_request;
+use strait_tests::wait::{PATIENCE, eventually, give_up};
+use strait_tests::{bins, ports};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const HOST: &str = "httpbin.default.svc.cluster.local";
+const PORT: u16 = 8000;
+
+/// The application: `/slow` waits for the gate, anything else answers 200 `ok` at once.
+struct GatedApp {
+    addr: SocketAddr,
+    gate: watch::Sender<bool>,
+    waiting: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl GatedApp {
+    async fn start() -> Result<GatedApp> {
+        let listener = TcpListener::bind((IpAddr::V4(ports::unique_loopback()), 0)).await?;
+        let addr = listener.local_addr()?;
+        let (gate, gate_rx) = watch::channel(false);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let counter = waiting.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (gate, waiting) = (gate_rx.clone(), counter.clone());
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let (mut gate, waiting) = (gate.clone(), waiting.clone());
+                    async move {
+                        let body = if req.uri().path() == "/slow" {
+                            waiting.fetch_add(1, Ordering::SeqCst);
+                            let _ = gate.wait_for(|open| *open).await;
+                            waiting.fetch_sub(1, Ordering::SeqCst);
+                            "slow done"
+                        } else {
+                            "ok"
+                        };
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        Ok(GatedApp {
+            addr,
+            gate,
+            waiting,
+            task,
+        })
+    }
+
+    fn open(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Waits until `n` `/slow` requests are held at the gate.
+    async fn wait_held(&self, n: usize) -> Result<()> {
+        let waiting = &self.waiting;
+        eventually(
+            &format!("{n} request(s) held by the app"),
+            PATIENCE,
+            || async move {
+                let held = waiting.load(Ordering::SeqCst);
+                ensure!(held == n, "{held} held");
+                Ok(())
+            },
+        )
+        .await
+    }
+}
+
+impl Drop for GatedApp {
+    fn drop(&mut self) {
+        self.open();
+        self.task.abort();
+    }
+}
+
+/// httpbin on the sidecar's address (PERMISSIVE: plaintext accepted), its app behind it, and a
+/// DENY of `/forbidden` (HTTP RBAC, so the sidecar logs "RBAC denied" at debug).
+fn config(sidecar: IpAddr, app: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  hosts: [{HOST}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: httpbin}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: httpbin-1, namespace: default}}
+spec:
+  address: {sidecar}
+  serviceAccount: httpbin
+  labels: {{app: httpbin, security.istio.io/tlsMode: istio}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  workloadSelector: {{labels: {{app: httpbin}}}}
+  ingress:
+  - port: {{number: {PORT}, protocol: HTTP, name: http}}
+    bind: {sidecar}
+    captureMode: NONE
+    defaultEndpoint: {app}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: httpbin, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  mtls: {{mode: PERMISSIVE}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: httpbin-deny, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: httpbin}}}}
+  action: DENY
+  rules:
+  - to:
+    - operation: {{paths: ["/forbidden"]}}
+"#
+    )
+}
+
+/// straitd, the app, and a ready `strait-proxy run` for httpbin with `--drain-duration`.
+struct Fixture {
+    sidecar: Child,
+    ip: IpAddr,
+    app: GatedApp,
+    _straitd: Straitd,
+}
+
+impl Fixture {
+    async fn start(drain_duration: &str) -> Result<Fixture> {
+        let store = process::tempdir_for("store")?;
+        let straitd = Straitd::start("cluster1", "network1", store.path()).await?;
+        std::mem::forget(store); // lives as long as the test process; removed with /tmp
+        let app = GatedApp::start().await?;
+        let ip = IpAddr::V4(ports::unique_loopback());
+        straitd.apply(&config(ip, app.addr)).await?;
+        let boot = workload_bootstrap(&straitd, "default", "httpbin").await?;
+        let at = |port| SocketAddr::new(ip, port).to_string();
+        let sidecar = Child::builder("strait-httpbin", bins::bin_path("strait-proxy")?)
+            .arg("run")
+            .args(["--xds-address", &format!("http://{}", straitd.xds())])
+            .args(["--node-ip", "198.18.0.20", "--pod", "httpbin-1"])
+            .args(["--namespace", "default", "--workload", "httpbin"])
+            .args(["--interception-mode", "NONE", "--network", "network1"])
+            .args(["--ca-address", &format!("https://{}:15012", straitd.ip)])
+            .arg("--root-cert")
+            .arg(&boot.root)
+            .arg("--token-file")
+            .arg(&boot.token)
+            .args(["--identity", "spiffe://cluster.local/ns/default/sa/httpbin"])
+            .args([
+                "--admin-address",
+                &at(15000),
+                "--health-address",
+                &at(15021),
+            ])
+            .args(["--metrics-address", &at(15090)])
+            .args(["--merged-metrics-address", &at(15020)])
+            .args(["--drain-duration", drain_duration])
+            .env("STRAIT_LOG", "info")
+            .dir(boot.dir)
+            .spawn()?;
+        let f = Fixture {
+            sidecar,
+            ip,
+            app,
+            _straitd: straitd,
+        };
+        let ready = eventually("the sidecar to serve httpbin", PATIENCE, || async {
+            f.sidecar.ensure_running().map_err(give_up)?;
+            let r = http_request(f.admin(), "GET", "admin", "/ready").await?;
+            ensure!(r.status == 200, "/ready: {} {}", r.status, r.body.trim());
+            let r = http_request(f.inbound(), "GET", HOST, "/").await?;
+            ensure!(
+                r.status == 200 && r.body == "ok",
+                "GET /: {} {}",
+                r.status,
+                r.body
+            );
+            Ok(())
+        })
+        .await;
+        f.sidecar.with_log(ready)?;
+        Ok(f)
+    }
+
+    fn inbound(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, PORT)
+    }
+    fn admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15000)
+    }
+    fn health(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15021)
+    }
+    fn metrics(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, 15090)
+    }
+
+    /// The sidecar's log without colour codes.
+    fn log(&self) -> String {
+        strip_ansi(&self.sidecar.log())
+    }
+
+    /// `/slow` on a keep-alive connection of its own, sent from a task; returns once the app
+    /// holds it.
+    async fn slow_in_flight(&self) -> Result<JoinHandle<Result<Reply>>> {
+        let held = self.app.waiting.load(Ordering::SeqCst);
+        let mut conn = KeepAlive::connect(self.inbound()).await?;
+        let task = tokio::spawn(async move { conn.get("/slow").await });
+        self.app.wait_held(held + 1).await?;
+        Ok(task)
+    }
+
+    async fn wait_not_ready(&self) -> Result<()> {
+        let (health, admin) = (self.health(), self.admin());
+        let r = eventually("readiness to fail", PATIENCE, || async move {
+            let h = http_request(health, "GET", "health", "/healthz/ready").await?;
+            let a = http_request(admin, "GET", "admin", "/ready").await?;
+            ensure!(
+                h.status == 503 && a.status == 503,
+                "/healthz/ready {} {}, /ready {} {}",
+                h.status,
+                h.body.trim(),
+                a.status,
+                a.body.trim()
+            );
+            Ok(())
+        })
+        .await;
+        self.sidecar.with_log(r)
+    }
+}
+
+/// A response on a [`KeepAlive`] connection.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    connection: Option<String>,
+    body: String,
+}
+
+/// An HTTP/1.1 client connection that stays open between requests.
+struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    conn: JoinHandle<()>,
+}
+
+impl KeepAlive {
+    async fn connect(addr: SocketAddr) -> Result<KeepAlive> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(KeepAlive { sender, conn })
+    }
+
+    async fn get(&mut self, path: &str) -> Result<Reply> {
+        let request = Request::builder()
+            .uri(path)
+            .header(hyper::header::HOST, HOST)
+            .body(Empty::new())?;
+        let exchange = async {
+            self.sender.ready().await?;
+            let response = self.sender.send_request(request).await?;
+            let status = response.status().as_u16();
+            let connection = response
+                .headers()
+                .get(hyper::header::CONNECTION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body = response.into_body().collect().await?.to_bytes();
+            anyhow::Ok(Reply {
+                status,
+                connection,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            })
+        };
+        tokio::time::timeout(PATIENCE, exchange)
+            .await
+            .map_err(|_| anyhow!("GET {path}: no response within {PATIENCE:?}"))?
+    }
+
+    /// Waits until the server has closed the connection.
+    async fn closed(self) -> Result<()> {
+        tokio::time::timeout(PATIENCE, self.conn)
+            .await
+            .map_err(|_| anyhow!("the connection is still open after {PATIENCE:?}"))?
+            .context("connection task")
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte (a letter).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_then_exits() -> Result<()> {
+    let f = Fixture::start("60s").await?;
+    let mut idle = KeepAlive::connect(f.inbound()).await?;
+    let first = idle.get("/").await?;
+    ensure!(
+        first.status == 200 && first.connection.is_none(),
+        "{first:?}"
+    );
+    let slow = f.slow_in_flight().await?;
+
+    f.sidecar.terminate()?;
+    f.wait_not_ready().await?;
+    // The idle keep-alive connection is closed, and no new connection is accepted inbound.
+    f.sidecar.with_log(idle.closed().await)?;
+    let inbound = f.inbound();
+    let refused = eventually("the inbound listener to refuse", PATIENCE, || async move {
+        match TcpStream::connect(inbound).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(anyhow!("connect: {other:?}")),
+        }
+    })
+    .await;
+    f.sidecar.with_log(refused)?;
+    // Still draining: the request is held, metrics answer.
+    f.sidecar.ensure_running()?;
+    let m = http_request(f.metrics(), "GET", "metrics", "/stats/prometheus").await?;
+    ensure!(m.status == 200, "metrics while draining: {}", m.status);
+
+    f.app.open();
+    let reply = slow.await??;
+    ensure!(
+        reply.status == 200 && reply.body == "slow done",
+        "in-flight request: {reply:?}"
+    );
+    ensure!(
+        reply.connection.as_deref() == Some("close"),
+        "the in-flight response should close its keep-alive connection: {reply:?}"
+    );
+    let status = f.sidecar.wait_exit(PATIENCE).await?;
+    let log = f.log();
+    ensure!(status.success(), "exit status {status}; log:\n{log}");
+    ensure!(
+        log.contains("drained: no connection left") && !log.contains("drain deadline"),
+        "the log should say it drained:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_deadline_cuts_what_is_left() -> Result<()> {
+    let f = Fixture::start("1s").await?;
+    let slow = f.slow_in_flight().await?;
+    f.sidecar.terminate()?;
+    // The app never answers before the proxy gives up on the connection.
+    let status = f.sidecar.wait_exit(PATIENCE).await?;
+    let log = f.log();
+    ensure!(status.success(), "exit status {status}; log:\n{log}");
+    ensure!(
+        log.contains("drain deadline: connections cut") && log.contains("cut=1"),
+        "the log should say one connection was cut at the deadline:\n{log}"
+    );
+    let reply = slow.await?;
+    ensure!(reply.is_err(), "the cut request got an answer: {reply:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() -> Result<()> {
+    // A drain far longer than the test's patience: exiting at all shows the second signal won.
+    let f = Fixture::start("600s").await?;
+    let _slow = f.slow_in_flight().await?;
+    f.sidecar.terminate()?;
+    f.wait_not_ready().await?;
+    f.sidecar.terminate()?;
+    let status = f.sidecar.wait_exit(PATIENCE).await?;
+    let log = f.log();
+    ensure!(status.success(), "exit status {status}; log:\n{log}");
+    ensure!(
+        log.contains("second signal: exiting without draining"),
+        "{log}"
+    );
+    Ok(())
+}
+
+/// `POST /logging[?query]` on admin: status and body.
+async fn logging(f: &Fixture, query: &str) -> Result<(u16, String)> {
+    let path = if query.is_empty() {
+        "/logging".to_string()
+    } else {
+        format!("/logging?{query}")
+    };
+    let r = http_request(f.admin(), "POST", "admin", &path).await?;
+    Ok((r.status, r.body.trim().to_string()))
+}
+
+/// Sends a denied request and returns how many "RBAC denied" lines the log then has (the
+/// sidecar logs before it answers, so the count is final once the 403 is here).
+async fn denied_lines(f: &Fixture) -> Result<usize> {
+    let r = http_request(f.inbound(), "GET", HOST, "/forbidden").await?;
+    ensure!(r.status == 403, "GET /forbidden: {} {}", r.status, r.body);
+    Ok(f.log().matches("RBAC denied").count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_through_admin() -> Result<()> {
+    let f = Fixture::start("5s").await?;
+    ensure!(
+        logging(&f, "").await? == (200, "active filter: info".into()),
+        "{:?}",
+        logging(&f, "").await?
+    );
+    ensure!(
+        denied_lines(&f).await? == 0,
+        "debug line at info:\n{}",
+        f.log()
+    );
+
+    let raised = logging(&f, "strait_proxy::http=debug").await?;
+    ensure!(
+        raised == (200, "active filter: info,strait_proxy::http=debug".into()),
+        "{raised:?}"
+    );
+    ensure!(
+        denied_lines(&f).await? == 1,
+        "no debug line at debug:\n{}",
+        f.log()
+    );
+
+    let lowered = logging(&f, "strait_proxy::http=info").await?;
+    ensure!(
+        lowered == (200, "active filter: info,strait_proxy::http=info".into()),
+        "{lowered:?}"
+    );
+    ensure!(
+        denied_lines(&f).await? == 1,
+        "debug line after lowering:\n{}",
+        f.log()
+    );
+
+    let long = format!("access={}", "d".repeat(10 * 1024));
+    for query in [
+        "level=",
+        "=debug",
+        "level=verbose",
+        "%00=debug",
+        "access=%00",
+        "level=debug%00",
+        "level=debug&access=trace",
+        long.as_str(),
+    ] {
+        let (status, body) = logging(&f, query).await?;
+        ensure!(status == 400, "{:.60}: {status} {body}", query);
+        if query == "level=verbose" {
+            ensure!(
+                body.contains("\"verbose\""),
+                "the refusal should name the level: {body}"
+            );
+        }
+    }
+    let get = http_request(f.admin(), "GET", "admin", "/logging?level=debug").await?;
+    ensure!(get.status == 405, "GET /logging: {}", get.status);
+    ensure!(
+        logging(&f, "").await? == (200, "active filter: info,strait_proxy::http=info".into()),
+        "hostile queries changed the filter: {:?}",
+        logging(&f, "").await?
+    );
+
+    ensure!(logging(&f, "level=debug").await? == (200, "active filter: debug".into()));
+    ensure!(
+        denied_lines(&f).await? == 2,
+        "no debug line at level=debug:\n{}",
+        f.log()
+    );
+    Ok(())
+}
