@@ -22,7 +22,7 @@ use crate::tcp::TcpCounters;
 use crate::telemetry::{Local, Telemetry};
 use crate::tls::{CertSource, ClientTls};
 use crate::upstream::{Lb, Upstreams};
-use crate::xds::{MetaValue, NodeInfo, XdsClient, XdsConfig, XdsTls};
+use crate::xds::{NodeInfo, XdsClient, XdsConfig, XdsTls};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -237,19 +237,11 @@ impl App {
     }
 }
 
-/// This proxy's workload for Istio's labels: the node's `WORKLOAD_NAME`, `NAMESPACE` and
-/// `CLUSTER_ID`, and the certificate's identity.
+/// This proxy's workload for Istio's labels: the node's `WORKLOAD_NAME`, `NAMESPACE`,
+/// `CLUSTER_ID` and `LABELS` (app, version, canonical service), its metadata exchange headers,
+/// and the certificate's identity.
 fn local_workload(node: &NodeInfo, certs: Option<&CertSource>) -> Local {
-    let meta = |k: &str| match node.metadata.get(k) {
-        Some(MetaValue::String(s)) if !s.is_empty() => s.clone(),
-        _ => crate::telemetry::metrics::UNKNOWN.to_string(),
-    };
-    Local {
-        workload: meta("WORKLOAD_NAME"),
-        namespace: meta("NAMESPACE"),
-        cluster: meta("CLUSTER_ID"),
-        principal: certs.map(|c| c.identity().to_string()),
-    }
+    Local::from_node(node, certs.map(|c| c.identity().to_string()))
 }
 
 /// TLS to the control plane with the current workload certificate, trusting the mesh root and

@@ -2,20 +2,41 @@
 //! requests sleep → httpbin over mTLS, sleep's sidecar reports them on 15090 as the source and
 //! httpbin's on 15020 (merged) as the destination, with sleep's SPIFFE id and `mutual_tls`; the
 //! intruder's request, refused by httpbin's RBAC, is counted there with response code 403.
+//! Istio's HTTP metadata exchange between the sidecars fills the peer's workload, app,
+//! version, canonical service and cluster on both sides; neither app sees its headers, and
+//! metadata forged by sleep's app is replaced by its sidecar's own.
 //! The same over a TCP port: connections opened and closed and bytes both ways, on each side.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use strait_proxy::telemetry::peer::Exchange;
+use strait_proxy::xds::NodeInfo;
 use strait_tests::mesh::{HTTPBIN, Protocol, SidecarKind, mtls_mesh};
-use strait_tests::upstream::{http_get, http_request};
+use strait_tests::upstream::{http_exchange, http_get, http_request};
 use strait_tests::{eventually, eventually_matches};
 
 const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
 const INTRUDER: &str = "spiffe://cluster.local/ns/default/sa/intruder";
 const HTTPBIN_ID: &str = "spiffe://cluster.local/ns/default/sa/httpbin";
 const N: f64 = 10.0;
+/// Requests whose app forges the metadata exchange.
+const FORGED: f64 = 5.0;
+const PEER_METADATA: &str = "x-envoy-peer-metadata";
+const PEER_METADATA_ID: &str = "x-envoy-peer-metadata-id";
+const FORGED_ID: &str = "sidecar~198.18.0.66~forged-1.default~default.svc.cluster.local";
+
+/// Well-formed metadata of a workload `forged` in namespace `forged`, as an app could write it.
+fn forged_metadata() -> Result<String> {
+    let node = NodeInfo::new(FORGED_ID, "forged.forged")
+        .meta("WORKLOAD_NAME", "forged")
+        .meta("NAMESPACE", "forged")
+        .meta("CLUSTER_ID", "forged");
+    let x = Exchange::new(&node).context("no exchange headers")?;
+    Ok(x.metadata().to_str()?.to_owned())
+}
 
 /// The sum of `metric`'s samples whose labels include all of `labels`.
 fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
@@ -101,8 +122,42 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
     .await;
     first.with_context(|| m.logs())?;
     for i in 0..N as u32 {
-        let (status, body) = http_get(m.client(), HTTPBIN, &format!("/{i}")).await?;
-        ensure!(status == 200, "request {i}: {status} {body}");
+        let r = http_request(m.client(), "GET", HTTPBIN, &format!("/{i}")).await?;
+        ensure!(r.status == 200, "request {i}: {} {}", r.status, r.body);
+        // The metadata exchange stays between the sidecars: neither app sees it.
+        for h in [PEER_METADATA, PEER_METADATA_ID] {
+            ensure!(
+                r.header(h).is_none(),
+                "sleep's app got {h}: {:?}",
+                r.headers
+            );
+            ensure!(
+                m.app.last_header(h).is_none(),
+                "httpbin's app got {h}: {:?}",
+                m.app.last_header(h)
+            );
+        }
+    }
+    // sleep's app forges another workload's metadata: its sidecar replaces it with its own.
+    let forged = forged_metadata()?;
+    for i in 0..FORGED as u32 {
+        let r = http_exchange(
+            m.client(),
+            "GET",
+            HTTPBIN,
+            &format!("/forged/{i}"),
+            &[(PEER_METADATA, &forged), (PEER_METADATA_ID, FORGED_ID)],
+            Bytes::new(),
+        )
+        .await?;
+        ensure!(r.status == 200, "forged {i}: {} {}", r.status, r.body);
+        for h in [PEER_METADATA, PEER_METADATA_ID] {
+            ensure!(
+                m.app.last_header(h).is_none(),
+                "httpbin's app got {h}: {:?}",
+                m.app.last_header(h)
+            );
+        }
     }
     let (status, body) = http_get(m.intruder(), HTTPBIN, "/").await?;
     ensure!(status == 403, "the intruder got {status} {body}");
@@ -115,12 +170,22 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
         ("source_workload_namespace", "default"),
         ("source_principal", SLEEP),
         ("source_cluster", "cluster1"),
+        ("source_app", "sleep"),
+        ("source_canonical_service", "sleep"),
+        ("source_canonical_revision", "latest"),
         ("destination_service", HTTPBIN),
         ("destination_workload_namespace", "default"),
+        // From httpbin's sidecar's metadata, in its responses.
+        ("destination_workload", "httpbin"),
+        ("destination_app", "httpbin"),
+        ("destination_version", "unknown"),
+        ("destination_canonical_service", "httpbin"),
+        ("destination_canonical_revision", "latest"),
+        ("destination_cluster", "cluster1"),
         ("request_protocol", "http"),
         ("response_code", "200"),
     ];
-    let text = wait_for(sleep, "istio_requests_total", &outbound, N)
+    let text = wait_for(sleep, "istio_requests_total", &outbound, N + FORGED)
         .await
         .with_context(|| m.logs())?;
     for histogram in [
@@ -131,6 +196,7 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
         let n = sum(&text, histogram, &outbound);
         ensure!(n >= N, "{histogram}: {n}\n{text}");
     }
+    ensure!(!text.contains("forged"), "{text}");
 
     // httpbin's sidecar (ips[2]) reports them as the destination, on 15020 (merged).
     let httpbin = SocketAddr::new(m.ips[2], 15020);
@@ -138,19 +204,31 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
         ("reporter", "destination"),
         ("source_principal", SLEEP),
         ("source_workload_namespace", "default"),
+        // From sleep's sidecar's metadata, in its requests (the forged ones too).
+        ("source_workload", "sleep"),
+        ("source_app", "sleep"),
+        ("source_version", "unknown"),
+        ("source_canonical_service", "sleep"),
+        ("source_canonical_revision", "latest"),
+        ("source_cluster", "cluster1"),
         ("destination_workload", "httpbin"),
         ("destination_workload_namespace", "default"),
         ("destination_principal", HTTPBIN_ID),
         ("destination_service", HTTPBIN),
         ("destination_cluster", "cluster1"),
+        ("destination_app", "httpbin"),
+        ("destination_canonical_service", "httpbin"),
         ("connection_security_policy", "mutual_tls"),
         ("response_code", "200"),
     ];
-    wait_for(httpbin, "istio_requests_total", &inbound, N)
+    let text = wait_for(httpbin, "istio_requests_total", &inbound, N + FORGED)
         .await
         .with_context(|| m.logs())?;
+    ensure!(!text.contains("forged"), "{text}");
+    // The exchange happens before RBAC, so the refused intruder is known by its workload.
     let denied = [
         ("reporter", "destination"),
+        ("source_workload", "intruder"),
         ("source_principal", INTRUDER),
         ("connection_security_policy", "mutual_tls"),
         ("response_code", "403"),

@@ -34,6 +34,7 @@ use crate::config::{
 use crate::error::ProxyError;
 use crate::listener::Context;
 use crate::tcp::choose_cluster;
+use crate::telemetry::peer;
 use crate::telemetry::request::UpstreamInfo;
 use crate::upstream::{BoxIo, Outcome};
 use headers::ClientCert;
@@ -141,12 +142,18 @@ pub(crate) async fn drained(drain: &mut watch::Receiver<bool>) {
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     chain: &HttpChain,
     down: &Downstream,
     ctx: &Context,
 ) -> Response<Body> {
+    // Istio's metadata exchange: the peer's headers count only over mTLS (a plaintext client
+    // could forge them) and never reach the application.
+    let from_peer = peer::take(req.headers_mut()).filter(|_| down.peer_id.is_some());
+    // Generated before anything can answer, so local replies log it too (as Envoy does).
+    headers::ensure_request_id(req.headers_mut());
     let mut info = crate::telemetry::request::RequestInfo::start(&req, chain, down, ctx);
+    info.peer_workload = from_peer.as_ref().and_then(|v| ctx.telemetry.peer(v));
     let result = forward(req, chain, down, ctx).await;
     let (mut response, flag) = match result {
         Ok(r) => (r, "-"),
@@ -159,6 +166,15 @@ async fn handle(
     info.status = response.status().as_u16();
     info.flags = flag;
     info.upstream = response.extensions_mut().remove::<UpstreamInfo>();
+    if let Some(peer::Answered(w)) = response.extensions_mut().remove() {
+        info.peer_workload = Some(w);
+    }
+    // Istio answers with its own metadata only a peer that sent its own.
+    if from_peer.is_some()
+        && let Some(x) = &ctx.telemetry.local().exchange
+    {
+        x.apply(response.headers_mut());
+    }
     response.map(|b| crate::telemetry::request::Recorded::new(b, info).boxed_unsync())
 }
 
@@ -238,7 +254,6 @@ async fn forward(
     // The request as it goes upstream (the URI and version depend on the chosen cluster).
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h);
-    headers::ensure_request_id(h);
     if !h.contains_key("x-forwarded-proto") {
         let proto = if down.tls { "https" } else { "http" };
         h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
@@ -325,6 +340,7 @@ async fn forward(
             }
         };
         let h2 = chosen.h2;
+        let in_mesh = in_mesh(&chosen);
         let mut up = Request::new(match (&replay, body.take()) {
             (Some(b), _) => Full::new(b.clone())
                 .map_err(|never| match never {})
@@ -346,6 +362,9 @@ async fn forward(
             up.headers_mut().remove(HOST);
         } else if let Ok(v) = HeaderValue::from_str(&authority) {
             up.headers_mut().insert(HOST, v);
+        }
+        if in_mesh && let Some(x) = &ctx.telemetry.local().exchange {
+            x.apply(up.headers_mut());
         }
         let try_deadline = match (deadline, policy.and_then(|p| p.per_try_timeout)) {
             (Some(d), Some(t)) => Some(d.min(tokio::time::Instant::now() + t)),
@@ -396,6 +415,13 @@ async fn forward(
         let h = response.headers_mut();
         headers::strip_hop_by_hop(h);
         h.insert(SERVER, HeaderValue::from_static(SERVER_NAME));
+        // The upstream sidecar's metadata; anyone else's is dropped.
+        if let Some(w) = peer::take(h)
+            .filter(|_| in_mesh)
+            .and_then(|v| ctx.telemetry.peer(&v))
+        {
+            response.extensions_mut().insert(peer::Answered(w));
+        }
         return Ok(response);
     }
 }
@@ -505,6 +531,15 @@ async fn within<T>(
             .map_err(|_| ProxyError::Timeout),
         None => Ok(f.await),
     }
+}
+
+/// Whether the chosen endpoint is a mesh workload: mTLS with the workload certificate (Istio's
+/// `ISTIO_MUTUAL`, SDS `default`), so its sidecar takes part in the metadata exchange.
+fn in_mesh(chosen: &Chosen) -> bool {
+    chosen
+        .cluster
+        .tls_for(&chosen.endpoint.transport_socket_match)
+        .is_some_and(|t| t.common.certificate_sds.iter().any(|n| n == "default"))
 }
 
 /// Where a request goes.

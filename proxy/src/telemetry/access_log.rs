@@ -36,6 +36,8 @@ pub struct Entry<'a> {
     pub downstream_peer: Option<SocketAddr>,
     /// `x-request-id`.
     pub request_id: Option<&'a str>,
+    /// The trace id (`traceparent`, B3), when well-formed.
+    pub trace_id: Option<&'a str>,
     /// The downstream's verified SPIFFE id.
     pub peer_principal: Option<&'a str>,
 }
@@ -58,6 +60,7 @@ pub fn log(e: &Entry<'_>) {
         upstream_cluster = e.upstream_cluster.unwrap_or("-"),
         downstream_peer = %e.downstream_peer.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
         x_request_id = e.request_id.unwrap_or("-"),
+        trace_id = e.trace_id.unwrap_or("-"),
         peer_principal = e.peer_principal.unwrap_or("-"),
     );
 }

@@ -2,16 +2,20 @@
 //! registry. Labels are bounded: workloads, namespaces, principals and services come from the
 //! node, the mesh's certificates and the config's cluster names, never from request paths.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::header::HeaderValue;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+use super::peer::{Cache, Exchange, Workload};
+use crate::xds::{MetaValue, NodeInfo};
 
 /// What Istio writes for a label it cannot know.
 pub const UNKNOWN: &str = "unknown";
@@ -35,6 +39,10 @@ pub struct Local {
     pub cluster: String,
     /// Its SPIFFE id, when it has a certificate.
     pub principal: Option<String>,
+    /// Its `app`, `version`, canonical service and revision, from its labels.
+    pub labels: Workload,
+    /// Its metadata exchange headers (None: not sent).
+    pub exchange: Option<Exchange>,
 }
 
 impl Default for Local {
@@ -44,6 +52,41 @@ impl Default for Local {
             namespace: UNKNOWN.into(),
             cluster: UNKNOWN.into(),
             principal: None,
+            labels: Workload::default(),
+            exchange: None,
+        }
+    }
+}
+
+impl Local {
+    /// From the node's `WORKLOAD_NAME`, `NAMESPACE`, `CLUSTER_ID` and `LABELS`, and the
+    /// certificate's identity.
+    pub fn from_node(node: &NodeInfo, principal: Option<String>) -> Local {
+        let meta = |k: &str| match node.metadata.get(k) {
+            Some(MetaValue::String(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        let labels = match node.metadata.get("LABELS") {
+            Some(MetaValue::Map(m)) => m.clone(),
+            _ => BTreeMap::new(),
+        };
+        let labels = Workload::new(
+            meta("WORKLOAD_NAME"),
+            meta("NAMESPACE"),
+            meta("CLUSTER_ID"),
+            &labels,
+        );
+        let exchange = Exchange::new(node);
+        if exchange.is_none() {
+            tracing::warn!(node = %node.id, "node id is not a header value: no metadata exchange");
+        }
+        Local {
+            workload: or_unknown(labels.workload.as_deref()),
+            namespace: or_unknown(labels.namespace.as_deref()),
+            cluster: or_unknown(labels.cluster.as_deref()),
+            principal,
+            labels,
+            exchange,
         }
     }
 }
@@ -80,11 +123,19 @@ pub struct Labels {
     source_workload_namespace: String,
     source_principal: String,
     source_cluster: String,
+    source_app: String,
+    source_version: String,
+    source_canonical_service: String,
+    source_canonical_revision: String,
     destination_workload: String,
     destination_workload_namespace: String,
     destination_service: String,
     destination_principal: String,
     destination_cluster: String,
+    destination_app: String,
+    destination_version: String,
+    destination_canonical_service: String,
+    destination_canonical_revision: String,
     request_protocol: &'static str,
     response_code: String,
     connection_security_policy: &'static str,
@@ -98,11 +149,19 @@ pub struct TcpLabels {
     source_workload_namespace: String,
     source_principal: String,
     source_cluster: String,
+    source_app: String,
+    source_version: String,
+    source_canonical_service: String,
+    source_canonical_revision: String,
     destination_workload: String,
     destination_workload_namespace: String,
     destination_service: String,
     destination_principal: String,
     destination_cluster: String,
+    destination_app: String,
+    destination_version: String,
+    destination_canonical_service: String,
+    destination_canonical_revision: String,
     request_protocol: &'static str,
     connection_security_policy: &'static str,
 }
@@ -122,9 +181,12 @@ pub struct Telemetry {
     tcp_received: Family<TcpLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
-    /// `destination_service` values seen, bounded: a request's authority is the client's to
-    /// choose, so past [`MAX_SERVICES`] new ones are reported as `unknown`.
+    /// `destination_service` and peer metadata values seen, bounded: a request's authority is
+    /// the client's to choose and the peer's metadata the peer's, so past [`MAX_SERVICES`] new
+    /// ones are reported as `unknown`.
     services: Mutex<HashSet<String>>,
+    /// Decoded peer metadata.
+    peers: Cache,
 }
 
 /// Distinct `destination_service` values kept.
@@ -238,6 +300,7 @@ impl Telemetry {
             tcp_opened,
             tcp_closed,
             services: Mutex::default(),
+            peers: Cache::default(),
         }
     }
 
@@ -270,25 +333,37 @@ impl Telemetry {
         out
     }
 
-    fn tcp_labels(&self, flow: &Flow<'_>) -> TcpLabels {
-        let mut labels = self.unbounded_labels(flow);
+    fn tcp_labels(&self, flow: &Flow<'_>, peer: Option<&Workload>) -> TcpLabels {
+        let mut labels = self.unbounded_labels(flow, peer);
         labels.destination_service = self.bounded(labels.destination_service);
         labels.destination_workload_namespace = self.bounded(labels.destination_workload_namespace);
         labels
     }
 
-    fn unbounded_labels(&self, flow: &Flow<'_>) -> TcpLabels {
+    /// `peer`: the peer's workload from the metadata exchange (inbound: the source, outbound:
+    /// the destination).
+    fn unbounded_labels(&self, flow: &Flow<'_>, peer_workload: Option<&Workload>) -> TcpLabels {
         let l = &self.local;
         let own_principal = l.principal.as_deref();
+        let own = |v: &Option<String>| or_unknown(v.as_deref());
+        let peer = |f: fn(&Workload) -> &Option<String>| {
+            or_unknown(peer_workload.and_then(|p| f(p).as_deref()))
+        };
         match flow.direction.unwrap_or(Direction::Outbound) {
             Direction::Inbound => TcpLabels {
                 reporter: "destination",
-                source_workload: UNKNOWN.into(),
+                source_workload: peer(|p| &p.workload),
                 source_workload_namespace: or_unknown(
-                    flow.peer_principal.and_then(principal_namespace),
+                    peer_workload
+                        .and_then(|p| p.namespace.as_deref())
+                        .or(flow.peer_principal.and_then(principal_namespace)),
                 ),
                 source_principal: or_unknown(flow.peer_principal),
-                source_cluster: UNKNOWN.into(),
+                source_cluster: peer(|p| &p.cluster),
+                source_app: peer(|p| &p.app),
+                source_version: peer(|p| &p.version),
+                source_canonical_service: peer(|p| &p.canonical_service),
+                source_canonical_revision: peer(|p| &p.canonical_revision),
                 destination_workload: l.workload.clone(),
                 destination_workload_namespace: l.namespace.clone(),
                 destination_service: or_unknown(
@@ -298,6 +373,10 @@ impl Telemetry {
                 ),
                 destination_principal: or_unknown(own_principal),
                 destination_cluster: l.cluster.clone(),
+                destination_app: own(&l.labels.app),
+                destination_version: own(&l.labels.version),
+                destination_canonical_service: own(&l.labels.canonical_service),
+                destination_canonical_revision: own(&l.labels.canonical_revision),
                 request_protocol: "tcp",
                 connection_security_policy: if flow.mtls { "mutual_tls" } else { "none" },
             },
@@ -312,11 +391,23 @@ impl Telemetry {
                     source_workload_namespace: l.namespace.clone(),
                     source_principal: or_unknown(own_principal),
                     source_cluster: l.cluster.clone(),
-                    destination_workload: UNKNOWN.into(),
-                    destination_workload_namespace: or_unknown(host.and_then(host_namespace)),
+                    source_app: own(&l.labels.app),
+                    source_version: own(&l.labels.version),
+                    source_canonical_service: own(&l.labels.canonical_service),
+                    source_canonical_revision: own(&l.labels.canonical_revision),
+                    destination_workload: peer(|p| &p.workload),
+                    destination_workload_namespace: or_unknown(
+                        peer_workload
+                            .and_then(|p| p.namespace.as_deref())
+                            .or(host.and_then(host_namespace)),
+                    ),
                     destination_service: or_unknown(host),
                     destination_principal: UNKNOWN.into(),
-                    destination_cluster: UNKNOWN.into(),
+                    destination_cluster: peer(|p| &p.cluster),
+                    destination_app: peer(|p| &p.app),
+                    destination_version: peer(|p| &p.version),
+                    destination_canonical_service: peer(|p| &p.canonical_service),
+                    destination_canonical_revision: peer(|p| &p.canonical_revision),
                     request_protocol: "tcp",
                     // Istio's source reporter does not know the policy the server applied.
                     connection_security_policy: UNKNOWN_STATIC,
@@ -325,28 +416,55 @@ impl Telemetry {
         }
     }
 
-    /// Records one finished request.
+    /// The peer described by an `x-envoy-peer-metadata` value (None: refused, or past the
+    /// bound of distinct label values). Decoded once per distinct value.
+    pub fn peer(&self, encoded: &HeaderValue) -> Option<Arc<Workload>> {
+        self.peers.get(encoded, |w| {
+            let bound = |v: Option<String>| v.map(|v| self.bounded(v)).filter(|v| v != UNKNOWN);
+            Workload {
+                workload: bound(w.workload),
+                namespace: bound(w.namespace),
+                cluster: bound(w.cluster),
+                app: bound(w.app),
+                version: bound(w.version),
+                canonical_service: bound(w.canonical_service),
+                canonical_revision: bound(w.canonical_revision),
+            }
+        })
+    }
+
+    /// Records one finished request; `peer` from the metadata exchange.
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &self,
         flow: &Flow<'_>,
+        peer: Option<&Workload>,
         grpc: bool,
         status: u16,
         duration: Duration,
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let t = self.tcp_labels(flow);
+        let t = self.tcp_labels(flow, peer);
         let labels = Labels {
             reporter: t.reporter,
             source_workload: t.source_workload,
             source_workload_namespace: t.source_workload_namespace,
             source_principal: t.source_principal,
             source_cluster: t.source_cluster,
+            source_app: t.source_app,
+            source_version: t.source_version,
+            source_canonical_service: t.source_canonical_service,
+            source_canonical_revision: t.source_canonical_revision,
             destination_workload: t.destination_workload,
             destination_workload_namespace: t.destination_workload_namespace,
             destination_service: t.destination_service,
             destination_principal: t.destination_principal,
             destination_cluster: t.destination_cluster,
+            destination_app: t.destination_app,
+            destination_version: t.destination_version,
+            destination_canonical_service: t.destination_canonical_service,
+            destination_canonical_revision: t.destination_canonical_revision,
             request_protocol: if grpc { "grpc" } else { "http" },
             response_code: status.to_string(),
             connection_security_policy: t.connection_security_policy,
@@ -365,7 +483,7 @@ impl Telemetry {
 
     /// Records a TCP connection opened; returns its labels for [`Telemetry::tcp_closed`].
     pub fn tcp_opened(&self, flow: &Flow<'_>) -> TcpLabels {
-        let labels = self.tcp_labels(flow);
+        let labels = self.tcp_labels(flow, None);
         self.tcp_opened.get_or_create(&labels).inc();
         labels
     }
@@ -390,7 +508,93 @@ mod tests {
             namespace: "default".into(),
             cluster: "cluster1".into(),
             principal: Some("spiffe://cluster.local/ns/default/sa/httpbin".into()),
+            ..Local::default()
         }
+    }
+
+    fn line<'a>(text: &'a str, reporter: &str) -> &'a str {
+        text.lines()
+            .find(|l| {
+                l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("reporter=\"{reporter}\""))
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn peer_metadata_fills_the_peer_labels() {
+        let labels: BTreeMap<String, String> = [("app", "httpbin"), ("version", "v1")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let node = NodeInfo::new(
+            "sidecar~10.0.0.9~httpbin-1.default~default.svc.cluster.local",
+            "httpbin.default",
+        )
+        .meta("WORKLOAD_NAME", "httpbin")
+        .meta("NAMESPACE", "default")
+        .meta("CLUSTER_ID", "cluster1")
+        .meta("LABELS", labels);
+        let t = Telemetry::new(Local::from_node(&node, None));
+        let exchange = t.local().exchange.clone();
+        assert!(exchange.is_some());
+        // A sleep sidecar's metadata, as it would arrive.
+        let sleep = NodeInfo::new(
+            "sidecar~10.0.0.7~sleep-1.other~other.svc.cluster.local",
+            "sleep.other",
+        )
+        .meta("WORKLOAD_NAME", "sleep")
+        .meta("NAMESPACE", "other")
+        .meta("CLUSTER_ID", "cluster2")
+        .meta(
+            "LABELS",
+            BTreeMap::from([(
+                "service.istio.io/canonical-name".to_string(),
+                "sleepy".to_string(),
+            )]),
+        );
+        let encoded = super::super::peer::Exchange::new(&sleep)
+            .map(|x| x.metadata().clone())
+            .unwrap_or(HeaderValue::from_static(""));
+        let peer = t.peer(&encoded);
+        let inbound = Flow {
+            direction: Some(Direction::Inbound),
+            mtls: true,
+            ..Flow::default()
+        };
+        t.request(&inbound, peer.as_deref(), false, 200, Duration::ZERO, 0, 0);
+        let outbound = Flow::default();
+        t.request(&outbound, None, false, 200, Duration::ZERO, 0, 0);
+        let text = t.encode();
+        let l = line(&text, "destination");
+        for label in [
+            "source_workload=\"sleep\"",
+            "source_workload_namespace=\"other\"",
+            "source_cluster=\"cluster2\"",
+            "source_app=\"unknown\"",
+            "source_version=\"unknown\"",
+            "source_canonical_service=\"sleepy\"",
+            "source_canonical_revision=\"latest\"",
+            "destination_app=\"httpbin\"",
+            "destination_version=\"v1\"",
+            "destination_canonical_service=\"httpbin\"",
+            "destination_canonical_revision=\"v1\"",
+        ] {
+            assert!(l.contains(label), "{label} missing: {l}");
+        }
+        // No exchange: the peer's labels are unknown, ours are known.
+        let l = line(&text, "source");
+        for label in [
+            "source_app=\"httpbin\"",
+            "destination_workload=\"unknown\"",
+            "destination_cluster=\"unknown\"",
+            "destination_canonical_service=\"unknown\"",
+            "destination_canonical_revision=\"unknown\"",
+        ] {
+            assert!(l.contains(label), "{label} missing: {l}");
+        }
+        // Garbage is no peer.
+        assert!(t.peer(&HeaderValue::from_static("!!")).is_none());
     }
 
     #[test]
@@ -404,8 +608,8 @@ mod tests {
             authority: Some("httpbin.default.svc.cluster.local:8000"),
             mtls: true,
         };
-        t.request(&inbound, false, 200, Duration::from_millis(3), 10, 20);
-        t.request(&inbound, false, 403, Duration::from_millis(1), 0, 19);
+        t.request(&inbound, None, false, 200, Duration::from_millis(3), 10, 20);
+        t.request(&inbound, None, false, 403, Duration::from_millis(1), 0, 19);
         let outbound = Flow {
             cluster: Some("outbound|8000||httpbin.default.svc.cluster.local"),
             ..Flow::default()

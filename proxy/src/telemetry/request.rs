@@ -11,6 +11,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
 use super::access_log::{self, Entry};
+use super::peer::Workload;
 use super::{Direction, Flow, Telemetry};
 
 /// The upstream that answered: a response extension set by the connection pool.
@@ -45,8 +46,13 @@ pub struct RequestInfo {
     pub method: String,
     /// Path (as received; the access log only).
     pub path: String,
-    /// `x-request-id`, if the request had one.
+    /// `x-request-id` as forwarded (the client's, or the one generated for it).
     pub request_id: Option<String>,
+    /// The trace id of its `traceparent` / B3 headers, when well-formed.
+    pub trace_id: Option<String>,
+    /// The peer's workload from the metadata exchange: inbound the request's, outbound the
+    /// response's.
+    pub peer_workload: Option<Arc<Workload>>,
     /// Request body bytes (its `content-length`).
     pub request_bytes: u64,
     /// When it started.
@@ -73,6 +79,7 @@ impl RequestInfo {
         let duration = self.start.elapsed();
         self.telemetry.request(
             &flow,
+            self.peer_workload.as_deref(),
             self.grpc,
             self.status,
             duration,
@@ -94,6 +101,7 @@ impl RequestInfo {
             upstream_cluster: self.upstream.as_ref().map(|u| u.cluster.as_str()),
             downstream_peer: Some(self.peer),
             request_id: self.request_id.as_deref(),
+            trace_id: self.trace_id.as_deref(),
             peer_principal: self.peer_principal.as_deref(),
         });
     }
@@ -199,6 +207,8 @@ impl RequestInfo {
             method: req.method().as_str().to_string(),
             path: req.uri().path().to_string(),
             request_id: text("x-request-id").map(str::to_string),
+            trace_id: super::trace::trace_id(h).map(str::to_string),
+            peer_workload: None,
             request_bytes: text("content-length")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
