@@ -1,0 +1,423 @@
+//! Trace context through the mesh (issue 4, Telemetry), each with stock Envoy and strait-proxy
+//! sidecars over HTTP/1.1 and HTTP/2 (sleep → httpbin, mTLS): with no tracer configured (straitd
+//! configures none, as Istio without a tracing provider), W3C `traceparent` / `tracestate`, B3
+//! (multi and single header), `x-ot-span-context`, `baggage` and `x-request-id` reach the app
+//! unchanged, and come back unchanged in its response; a missing `x-request-id` is generated
+//! once (a UUID) by sleep's sidecar and kept by httpbin's; a retried request (`retries:
+//! {attempts: 3, retryOn: 5xx}`, the first attempt answered 503) carries the same headers on
+//! every attempt. strait-proxy's access events carry the trace id on both sides.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use strait_tests::controlplane::Straitd;
+use strait_tests::mesh::{HTTPBIN, HTTPBIN_PORT, Protocol, Sidecar, SidecarKind, mtls_config};
+use strait_tests::upstream::{HttpResponse, http_exchange};
+use strait_tests::{eventually, eventually_matches, ports, process};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Trace headers as a client sends them (names as Envoy and Istio document them).
+const TRACE: [(&str, &str); 10] = [
+    (
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ),
+    ("tracestate", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"),
+    ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+    ("x-b3-spanid", "e457b5a2e4d86bd1"),
+    ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
+    ("x-b3-sampled", "1"),
+    ("x-b3-flags", "1"),
+    (
+        "b3",
+        "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+    ),
+    ("x-ot-span-context", "abc123;def456;0;cs"),
+    (
+        "baggage",
+        "userId=alice,serverNode=DF%2028,isProduction=false",
+    ),
+];
+/// The trace id strait-proxy logs: `traceparent`'s, which takes precedence over B3.
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const REQUEST_ID: &str = "5bd3c9c1-6d0e-4b8e-9a3e-1f2b3c4d5e6f";
+/// Attempts the app fails (503) on each `/flaky/…` path before answering 200.
+const FLAKY_FAILURES: usize = 1;
+
+/// One request as the app received it.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The application behind httpbin's sidecar: records every request's headers, answers with
+/// the trace headers it received (so they travel back), and fails the first
+/// [`FLAKY_FAILURES`] requests of each `/flaky/…` path with 503.
+struct TraceApp {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl TraceApp {
+    async fn start() -> Result<TraceApp> {
+        let listener = TcpListener::bind((IpAddr::from([127, 0, 0, 1]), 0)).await?;
+        let addr = listener.local_addr()?;
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((stream, _)) = accepted else {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        };
+                        let record = record.clone();
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            let seen = Seen {
+                                path: req.uri().path().to_owned(),
+                                headers: req
+                                    .headers()
+                                    .iter()
+                                    .map(|(n, v)| {
+                                        (
+                                            n.as_str().to_owned(),
+                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                        )
+                                    })
+                                    .collect(),
+                            };
+                            let mut all = record.lock().unwrap_or_else(PoisonError::into_inner);
+                            let before = all.iter().filter(|s| s.path == seen.path).count();
+                            let status = if seen.path.starts_with("/flaky/") && before < FLAKY_FAILURES {
+                                503
+                            } else {
+                                200
+                            };
+                            let mut response = Response::builder().status(status);
+                            for (name, _) in TRACE.iter().chain([&("x-request-id", "")]) {
+                                if let Some(v) = seen.header(name) {
+                                    response = response.header(*name, v);
+                                }
+                            }
+                            all.push(seen);
+                            let response = response.body(Full::new(Bytes::from_static(b"traced")));
+                            async move { response }
+                        });
+                        conns.spawn(async move {
+                            // HTTP/1.1, or h2c for the HTTP2 port.
+                            let _ = hyper_util::server::conn::auto::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        Ok(TraceApp { addr, seen, task })
+    }
+
+    /// The requests received for `path`, in order.
+    fn seen(&self, path: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for TraceApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// straitd with the mTLS mesh's config and a retry policy on httpbin, the app, and the
+/// sidecars of sleep and httpbin.
+struct Mesh {
+    _straitd: Straitd,
+    app: TraceApp,
+    client: SocketAddr,
+    /// httpbin's, then sleep's.
+    sidecars: Vec<Sidecar>,
+}
+
+impl Mesh {
+    async fn start(kind: SidecarKind, protocol: Protocol) -> Result<Mesh> {
+        let store = process::tempdir_for("store")?;
+        let straitd = Straitd::start("cluster1", "network1", store.path()).await?;
+        std::mem::forget(store); // lives as long as the test process; removed with /tmp
+        let app = TraceApp::start().await?;
+        let ips = [0, 1, 2].map(|_| IpAddr::V4(ports::unique_loopback()));
+        let retries = format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
+             metadata: {{name: httpbin, namespace: default}}\nspec:\n  hosts: [{HTTPBIN}]\n  http:\n  \
+             - retries: {{attempts: 3, retryOn: 5xx}}\n    route: [{{destination: {{host: {HTTPBIN}}}}}]\n"
+        );
+        let config = mtls_config(protocol, ips[0], ips[1], ips[2], app.addr) + &retries;
+        straitd.apply(&config).await?;
+        let ttl = Duration::from_secs(3600);
+        let mut sidecars = Vec::new();
+        for (name, ip) in [("httpbin", ips[2]), ("sleep", ips[0])] {
+            sidecars.push(Sidecar::start(kind, &straitd, name, name, ip, ttl).await?);
+        }
+        Ok(Mesh {
+            _straitd: straitd,
+            app,
+            client: SocketAddr::new(ips[0], HTTPBIN_PORT),
+            sidecars,
+        })
+    }
+
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<HttpResponse> {
+        http_exchange(self.client, "GET", HTTPBIN, path, headers, Bytes::new()).await
+    }
+
+    fn logs(&self) -> String {
+        self.sidecars
+            .iter()
+            .map(|s| s.log_tail(30))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+}
+
+/// Every trace header of [`TRACE`] (and `x-request-id` if `request_id`) with its sent value.
+fn carries_trace(
+    what: &str,
+    header: impl Fn(&str) -> Option<String>,
+    request_id: bool,
+) -> Result<()> {
+    for (name, sent) in TRACE.iter().chain(if request_id {
+        &[("x-request-id", REQUEST_ID)][..]
+    } else {
+        &[][..]
+    }) {
+        let got = header(name);
+        ensure!(
+            got.as_deref() == Some(*sent),
+            "{what}: {name} is {got:?}, sent {sent:?}"
+        );
+    }
+    Ok(())
+}
+
+/// A UUID in its textual form (Envoy's and strait-proxy's generated `x-request-id`).
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// strait-proxy's access events (target `access`) in a log, without terminal colours.
+fn access_events(log: &str) -> Vec<String> {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ … final byte in @–~.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains(" access: "))
+        .map(str::to_string)
+        .collect()
+}
+
+async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
+    let m = Mesh::start(kind, protocol).await?;
+    let first = eventually_matches(
+        "sleep → httpbin over mTLS",
+        Duration::from_secs(30),
+        || m.get("/ready", &[]),
+        |r| r.status == 200,
+    )
+    .await;
+    first.with_context(|| m.logs())?;
+
+    // Every header through both sidecars to the app, and back in its response.
+    let mut sent: Vec<(&str, &str)> = TRACE.to_vec();
+    sent.push(("x-request-id", REQUEST_ID));
+    let r = m.get("/trace", &sent).await?;
+    ensure!(
+        r.status == 200,
+        "{kind:?} {protocol:?}: {} {}",
+        r.status,
+        r.body
+    );
+    let seen = m.app.seen("/trace");
+    ensure!(seen.len() == 1, "{kind:?}: the app saw {seen:?}");
+    carries_trace(
+        &format!("{kind:?} {protocol:?}: the app"),
+        |n| seen[0].header(n).map(str::to_owned),
+        true,
+    )?;
+    carries_trace(
+        &format!("{kind:?} {protocol:?}: the response"),
+        |n| r.header(n).map(str::to_owned),
+        true,
+    )?;
+
+    // No x-request-id: sleep's sidecar makes one, httpbin's keeps it.
+    let r = m.get("/generated", &TRACE).await?;
+    ensure!(
+        r.status == 200,
+        "{kind:?} {protocol:?}: {} {}",
+        r.status,
+        r.body
+    );
+    let seen = m.app.seen("/generated");
+    ensure!(seen.len() == 1, "{kind:?}: the app saw {seen:?}");
+    let generated = seen[0]
+        .header("x-request-id")
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        is_uuid(&generated),
+        "{kind:?} {protocol:?}: generated x-request-id {generated:?}"
+    );
+    carries_trace(
+        &format!("{kind:?} {protocol:?}: the app"),
+        |n| seen[0].header(n).map(str::to_owned),
+        false,
+    )?;
+
+    // A retried request: every attempt carries the same headers, the generated id included.
+    let r = m.get("/flaky/1", &sent).await?;
+    ensure!(
+        r.status == 200,
+        "{kind:?} {protocol:?} retried: {} {}",
+        r.status,
+        r.body
+    );
+    let r = m.get("/flaky/2", &TRACE).await?;
+    ensure!(
+        r.status == 200,
+        "{kind:?} {protocol:?} retried: {} {}",
+        r.status,
+        r.body
+    );
+    let attempts = m.app.seen("/flaky/1");
+    ensure!(
+        attempts.len() == FLAKY_FAILURES + 1,
+        "{kind:?}: {} attempts",
+        attempts.len()
+    );
+    for (i, a) in attempts.iter().enumerate() {
+        carries_trace(
+            &format!("{kind:?} {protocol:?}: attempt {i}"),
+            |n| a.header(n).map(str::to_owned),
+            true,
+        )?;
+    }
+    let attempts = m.app.seen("/flaky/2");
+    ensure!(
+        attempts.len() == FLAKY_FAILURES + 1,
+        "{kind:?}: {} attempts",
+        attempts.len()
+    );
+    let ids: Vec<Option<&str>> = attempts.iter().map(|a| a.header("x-request-id")).collect();
+    ensure!(
+        ids.iter()
+            .all(|id| id.is_some_and(is_uuid) && *id == ids[0]),
+        "{kind:?} {protocol:?}: the attempts' x-request-id {ids:?}"
+    );
+    for (i, a) in attempts.iter().enumerate() {
+        carries_trace(
+            &format!("{kind:?} {protocol:?}: attempt {i}"),
+            |n| a.header(n).map(str::to_owned),
+            false,
+        )?;
+    }
+
+    // strait-proxy logs the trace id and the one x-request-id on both sides.
+    if kind == SidecarKind::Strait {
+        let (httpbin, sleep) = (&m.sidecars[0], &m.sidecars[1]);
+        let generated = generated.as_str();
+        eventually(
+            "the access events",
+            Duration::from_secs(10),
+            || async move {
+                for (side, s) in [("sleep", sleep), ("httpbin", httpbin)] {
+                    let events = access_events(&s.log_tail(200));
+                    for (path, id) in [("/trace", REQUEST_ID), ("/generated", generated)] {
+                        let wanted = [
+                            format!("path=\"{path}\""),
+                            format!("trace_id=\"{TRACE_ID}\""),
+                            format!("x_request_id=\"{id}\""),
+                        ];
+                        if !events
+                            .iter()
+                            .any(|e| wanted.iter().all(|w| e.contains(w.as_str())))
+                        {
+                            bail!("{side}: no access event with {wanted:?} in\n{events:#?}");
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    for s in &m.sidecars {
+        ensure!(s.is_running(), "a sidecar died:\n{}", s.log_tail(30));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_passes_envoy_http1() -> Result<()> {
+    scenario(SidecarKind::Envoy, Protocol::Http).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_passes_strait_http1() -> Result<()> {
+    scenario(SidecarKind::Strait, Protocol::Http).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_passes_envoy_http2() -> Result<()> {
+    scenario(SidecarKind::Envoy, Protocol::Http2).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_context_passes_strait_http2() -> Result<()> {
+    scenario(SidecarKind::Strait, Protocol::Http2).await
+}
