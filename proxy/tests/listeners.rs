@@ -69,6 +69,7 @@ fn cluster(name: &str, upstream: SocketAddr) -> Cluster {
         http: HttpOptions::default(),
         tls: None,
         transport_socket_matches: Vec::new(),
+        upstream_bind: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! HTTP protocol and TLS (directly or by `tlsMode` match on endpoint metadata).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +16,9 @@ use strait_proto::xds::envoy::config::cluster::v3::{
     CircuitBreakers as EnvoyBreakers, Cluster as EnvoyCluster,
     OutlierDetection as EnvoyOutlierDetection,
 };
-use strait_proto::xds::envoy::config::core::v3::RoutingPriority;
 use strait_proto::xds::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use strait_proto::xds::envoy::config::core::v3::socket_address::{PortSpecifier, Protocol};
+use strait_proto::xds::envoy::config::core::v3::{BindConfig, RoutingPriority};
 use strait_proto::xds::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
 use strait_proto::xds::envoy::extensions::upstreams::http::v3::http_protocol_options::UpstreamProtocolOptions;
 use strait_proto::xds::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
@@ -26,7 +28,7 @@ use super::common::{
     Result, bounded, decode_any, name, nothing_else, opt_duration, required_name, u32_or,
 };
 use super::endpoint::{LoadAssignment, load_assignment};
-use super::error::{At, FieldError};
+use super::error::{At, FieldError, excerpt};
 use super::tls::{UpstreamTls, upstream_socket};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
@@ -200,6 +202,10 @@ pub struct Cluster {
     pub tls: Option<UpstreamTls>,
     /// Per-endpoint transport sockets.
     pub transport_socket_matches: Vec<TransportSocketMatch>,
+    /// `upstream_bind_config.source_address`: the address upstream sockets bind before
+    /// connecting (port chosen by the kernel). Istio's inbound clusters under capture use
+    /// 127.0.0.6, which its iptables rules let through instead of redirecting to 15006 again.
+    pub upstream_bind: Option<IpAddr>,
 }
 
 impl Cluster {
@@ -262,6 +268,12 @@ pub(crate) fn cluster(mut c: EnvoyCluster) -> Result<Cluster> {
     {
         transport_socket_matches.push(socket_match(m).at_index("transport_socket_matches", i)?);
     }
+    let upstream_bind = c
+        .upstream_bind_config
+        .take()
+        .map(bind_config)
+        .transpose()
+        .at("upstream_bind_config")?;
     // Only IPv4 answers are asked of DNS; resolution itself is the data path's.
     if DnsLookupFamily::try_from(c.dns_lookup_family).is_err() {
         return Err(FieldError::new("dns_lookup_family", "unknown value"));
@@ -283,7 +295,65 @@ pub(crate) fn cluster(mut c: EnvoyCluster) -> Result<Cluster> {
         http,
         tls,
         transport_socket_matches,
+        upstream_bind,
     })
+}
+
+/// The source address upstream connections bind: an IP with port 0. Envoy's other bind
+/// options change how the socket is made (freebind, options, several source addresses chosen
+/// per family); binding only the address would quietly do something else, so they are refused.
+// `additional_source_addresses` is deprecated in Envoy's API but still honoured there: refused.
+#[allow(deprecated)]
+fn bind_config(mut b: BindConfig) -> Result<IpAddr> {
+    for (set, field) in [
+        (b.freebind.take().is_some(), "freebind"),
+        (!b.socket_options.is_empty(), "socket_options"),
+        (
+            !b.extra_source_addresses.is_empty(),
+            "extra_source_addresses",
+        ),
+        (
+            !b.additional_source_addresses.is_empty(),
+            "additional_source_addresses",
+        ),
+        (b.local_address_selector.is_some(), "local_address_selector"),
+    ] {
+        if set {
+            return Err(FieldError::new(field, "is not supported"));
+        }
+    }
+    let Some(mut sa) = b.source_address.take() else {
+        return Err(FieldError::new("source_address", "is required"));
+    };
+    let at = |e: FieldError| e.at("source_address");
+    if sa.protocol != Protocol::Tcp as i32 {
+        return Err(at(FieldError::new("protocol", "only TCP is supported")));
+    }
+    match sa.port_specifier.take() {
+        None | Some(PortSpecifier::PortValue(0)) => {}
+        Some(PortSpecifier::PortValue(p)) => {
+            return Err(at(FieldError::new(
+                "port_value",
+                format!("{p}: only 0 (the kernel picks the port) is supported"),
+            )));
+        }
+        Some(PortSpecifier::NamedPort(_)) => {
+            return Err(at(FieldError::new(
+                "named_port",
+                "named ports are not supported",
+            )));
+        }
+    }
+    let host = std::mem::take(&mut sa.address);
+    let ip: IpAddr = host.parse().map_err(|_| {
+        at(FieldError::new(
+            "address",
+            format!("{:?} is not an IP address", excerpt(&host, 64)),
+        ))
+    })?;
+    nothing_else(&sa).map_err(at)?;
+    nothing_else(&b)?;
+    Ok(ip)
 }
 
 fn discovery(c: &mut EnvoyCluster, name: &str) -> Result<Discovery> {

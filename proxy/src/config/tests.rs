@@ -880,3 +880,95 @@ fn ten_thousand_clusters_decode() {
         ok(Kind::Cluster, &name, to_any(&eds_cluster(&name)));
     }
 }
+
+/// Istio's inbound cluster under capture: ORIGINAL_DST from 127.0.0.6 (port 0).
+fn inbound_original_dst(
+    bind: Option<strait_proto::xds::envoy::config::core::v3::BindConfig>,
+) -> EnvoyCluster {
+    EnvoyCluster {
+        name: "inbound|8000||".into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
+        lb_policy: EnvoyLb::ClusterProvided as i32,
+        upstream_bind_config: bind,
+        ..Default::default()
+    }
+}
+
+fn bind_to(address: &str, port: u32) -> strait_proto::xds::envoy::config::core::v3::BindConfig {
+    strait_proto::xds::envoy::config::core::v3::BindConfig {
+        source_address: Some(SocketAddress {
+            address: address.into(),
+            port_specifier: Some(PortSpecifier::PortValue(port)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn upstream_bind_config_source_address_decodes() {
+    let name = "inbound|8000||";
+    let Resource::Cluster(c) = ok(
+        Kind::Cluster,
+        name,
+        to_any(&inbound_original_dst(Some(bind_to("127.0.0.6", 0)))),
+    ) else {
+        panic!()
+    };
+    assert_eq!(c.discovery, Discovery::OriginalDst);
+    assert_eq!(c.upstream_bind, Some("127.0.0.6".parse().unwrap()));
+    let Resource::Cluster(c) = ok(Kind::Cluster, name, to_any(&inbound_original_dst(None))) else {
+        panic!()
+    };
+    assert_eq!(c.upstream_bind, None);
+}
+
+#[test]
+#[allow(deprecated)]
+fn upstream_bind_config_refuses_what_it_does_not_implement() {
+    let name = "inbound|8000||";
+    let refuse = |bind, path: &str, reason: &str| {
+        let e = refused(
+            Kind::Cluster,
+            name,
+            to_any(&inbound_original_dst(Some(bind))),
+        );
+        assert_eq!(e.path, path, "{e}");
+        assert!(e.reason.contains(reason), "{e}");
+    };
+    refuse(
+        bind_to("127.0.0.6", 15000),
+        "upstream_bind_config.source_address.port_value",
+        "only 0",
+    );
+    refuse(
+        bind_to("localhost", 0),
+        "upstream_bind_config.source_address.address",
+        "not an IP",
+    );
+    let mut b = bind_to("127.0.0.6", 0);
+    b.freebind = Some(BoolValue { value: true });
+    refuse(b, "upstream_bind_config.freebind", "not supported");
+    let mut b = bind_to("127.0.0.6", 0);
+    b.socket_options = vec![Default::default()];
+    refuse(b, "upstream_bind_config.socket_options", "not supported");
+    let mut b = bind_to("127.0.0.6", 0);
+    b.additional_source_addresses = vec![SocketAddress {
+        address: "::6".into(),
+        ..Default::default()
+    }];
+    refuse(
+        b,
+        "upstream_bind_config.additional_source_addresses",
+        "not supported",
+    );
+    let mut b = bind_to("127.0.0.6", 0);
+    b.source_address = None;
+    refuse(b, "upstream_bind_config.source_address", "required");
+    let mut b = bind_to("127.0.0.6", 0);
+    b.validate_network_namespaces = true;
+    let e = refused(Kind::Cluster, name, to_any(&inbound_original_dst(Some(b))));
+    assert!(e.path.starts_with("upstream_bind_config"), "{e}");
+}

@@ -212,6 +212,7 @@ mod tests {
             http: HttpOptions::default(),
             tls: None,
             transport_socket_matches: Vec::new(),
+            upstream_bind: None,
         }
     }
 

@@ -13,13 +13,13 @@ pub use crate::lb::Outcome;
 pub use balance::Lb;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use strait_proto::identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::{
     Cluster, Config, Discovery, Endpoint, EndpointAddress, LoadAssignment, SanType, StringMatch,
@@ -241,10 +241,10 @@ impl Upstreams {
             endpoint: addr.to_string(),
             reason,
         };
-        let tcp = tokio::time::timeout(cluster.connect_timeout, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(cluster.connect_timeout, tcp_connect(cluster, addr))
             .await
             .map_err(|_| fail("timeout".into()))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(fail)?;
         let _ = tcp.set_nodelay(true);
         let Some(tls) = tls else {
             return Ok(Connected {
@@ -332,6 +332,23 @@ impl Upstreams {
     }
 }
 
+/// A TCP connection to `addr`, from the cluster's `upstream_bind_config` source address if it
+/// has one (bound before connecting, port chosen by the kernel).
+async fn tcp_connect(cluster: &Cluster, addr: SocketAddr) -> Result<TcpStream, String> {
+    let Some(source) = cluster.upstream_bind else {
+        return TcpStream::connect(addr).await.map_err(|e| e.to_string());
+    };
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| format!("creating a socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| format!("binding the upstream_bind_config source {source}: {e}"))?;
+    socket.connect(addr).await.map_err(|e| e.to_string())
+}
+
 /// An endpoint's socket address (DNS names resolved now, first address).
 async fn resolve(address: &EndpointAddress) -> Result<SocketAddr, String> {
     match address {
@@ -361,4 +378,81 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::{CircuitBreakers, Health, HttpOptions, LbPolicy};
+
+    fn original_dst(bind: Option<IpAddr>) -> Cluster {
+        Cluster {
+            name: "inbound|8000||".into(),
+            discovery: Discovery::OriginalDst,
+            lb_policy: LbPolicy::ClusterProvided,
+            connect_timeout: Duration::from_secs(5),
+            circuit_breakers: CircuitBreakers::default(),
+            outlier_detection: None,
+            healthy_panic_threshold: 50.0,
+            locality_weighted: false,
+            http: HttpOptions::default(),
+            tls: None,
+            transport_socket_matches: Vec::new(),
+            upstream_bind: bind,
+        }
+    }
+
+    fn endpoint(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            address: EndpointAddress::Socket(addr),
+            weight: 1,
+            health: Health::Healthy,
+            transport_socket_match: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn upstream_bind_sets_the_source_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstreams = Upstreams::new(None, Box::new(RoundRobin::default()));
+        let bound = original_dst(Some("127.0.0.6".parse().unwrap()));
+        let up = upstreams.connect(&bound, &endpoint(addr)).await.unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.6");
+        assert_eq!(up.endpoint, addr);
+        // Without it, the kernel's choice.
+        let _plain = upstreams
+            .connect(&original_dst(None), &endpoint(addr))
+            .await
+            .unwrap();
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn an_unusable_bind_address_fails_the_connect_and_says_why() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let upstreams = Upstreams::new(None, Box::new(RoundRobin::default()));
+        // TEST-NET-2: not an address of this machine, so bind(2) refuses it.
+        let cluster = original_dst(Some("198.51.100.7".parse().unwrap()));
+        let e = upstreams
+            .connect(&cluster, &endpoint(addr))
+            .await
+            .unwrap_err();
+        let ProxyError::ConnectFailed { reason, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            reason.contains("upstream_bind_config source 198.51.100.7"),
+            "{reason}"
+        );
+    }
 }
