@@ -21,6 +21,16 @@ const HOP_BY_HOP: [&str; 7] = [
     "proxy-authenticate",
 ];
 
+/// Most header fields a request may carry: Envoy's `max_headers_count` default, which straitd
+/// leaves unset. hyper enforces it on HTTP/1.1 (431 before the request exists); HTTP/2 has
+/// only a size limit, so [`too_many_headers`] checks each request.
+pub const MAX_HEADERS_COUNT: usize = 100;
+
+/// Whether `headers` holds more fields than [`MAX_HEADERS_COUNT`] (every value counts).
+pub fn too_many_headers(headers: &HeaderMap) -> bool {
+    headers.len() > MAX_HEADERS_COUNT
+}
+
 /// `x-forwarded-client-cert`.
 pub const XFCC: &str = "x-forwarded-client-cert";
 /// `x-request-id`.
@@ -172,6 +182,17 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("x-kept"));
         assert_eq!(h.get("te"), Some(&HeaderValue::from_static("trailers")));
+    }
+
+    #[test]
+    fn header_count_bound_is_envoys() {
+        let mut h = HeaderMap::new();
+        for i in 0..MAX_HEADERS_COUNT {
+            h.append("x-h", HeaderValue::from(i));
+        }
+        assert!(!too_many_headers(&h));
+        h.append("x-other", HeaderValue::from_static("1"));
+        assert!(too_many_headers(&h));
     }
 
     #[test]

@@ -48,8 +48,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Largest request header block (Envoy's `max_request_headers_kb` default: 60 KiB).
 const MAX_REQUEST_HEADERS: usize = 60 * 1024;
-/// Streams per downstream HTTP/2 connection (Envoy's default is higher; bounded here).
+/// Streams per downstream HTTP/2 connection (Envoy's default is 2^31 - 1; bounded here).
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Streams a client may reset before we accepted them, before the connection is closed with
+/// GOAWAY ENHANCE_YOUR_CALM: rapid reset (CVE-2023-44487). h2's own default; a well-behaved
+/// client cancels streams we already serve, which this does not count.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams we may reset for a client's protocol errors before the connection is closed
+/// (RUSTSEC-2024-0003); hyper's default.
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// A client must send its headers within this long.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The value of `server` on every response, as Envoy's `server_header_transformation:
@@ -109,12 +116,17 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_headers(headers::MAX_HEADERS_COUNT)
         .max_buf_size(MAX_REQUEST_HEADERS);
+    // The header list bound also ends a CONTINUATION flood: h2 closes the connection once a
+    // block grows past it instead of buffering an endless one.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_REQUEST_HEADERS as u32)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS);
     let builder = match chain.hcm.codec {
         Codec::Auto => builder,
         Codec::Http1 => builder.http1_only(),
@@ -203,6 +215,12 @@ async fn forward(
     down: &Downstream,
     ctx: &Context,
 ) -> Result<Response<Body>, ProxyError> {
+    if headers::too_many_headers(req.headers()) {
+        return Ok(local_reply(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request Header Fields Too Large",
+        ));
+    }
     let authority = authority(&req)?;
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let how = PathNormalization {

@@ -13,6 +13,7 @@ use super::capture::{self, Handoff};
 use super::chain::{self, Facts};
 use super::{Compiled, Context, Terminal};
 use crate::authz;
+use crate::config::Config;
 use crate::http::headers::ClientCert;
 use crate::http::{self, Downstream};
 use crate::tcp;
@@ -150,7 +151,49 @@ pub(super) async fn serve(
                 client_cert,
                 sni,
             };
-            http::serve(io, h.clone(), Arc::new(down), ctx, drain).await;
+            // The connection drains (in-flight requests finish, then `Connection: close` /
+            // GOAWAY) when the listener drains or when a new version of it arrives: its HTTP
+            // RBAC lives in the listener, so a revoked permission must not live on in the
+            // client's pooled keep-alive or HTTP/2 connection (Envoy drains those too).
+            let (retire, retired) = watch::channel(false);
+            let serve = http::serve(io, h.clone(), Arc::new(down), ctx.clone(), retired);
+            tokio::pin!(serve);
+            tokio::select! {
+                () = &mut serve => {}
+                why = superseded(&ctx, &listener, drain) => {
+                    tracing::debug!(listener = %name, chain = %chain.name, %peer, why, "draining the HTTP connection");
+                    let _ = retire.send(true);
+                    serve.await;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves when `drain` turns true or the config no longer holds this version of the
+/// listener (changed or removed); says which.
+async fn superseded(
+    ctx: &Context,
+    listener: &Compiled,
+    mut drain: watch::Receiver<bool>,
+) -> &'static str {
+    let mut config = ctx.config.clone();
+    let current = |c: &Config| {
+        c.listeners
+            .get(&*listener.name)
+            .is_some_and(|l| Arc::ptr_eq(l, &listener.spec) || **l == *listener.spec)
+    };
+    loop {
+        if !current(&config.borrow_and_update()) {
+            return "listener updated";
+        }
+        tokio::select! {
+            () = http::drained(&mut drain) => return "listener draining",
+            changed = config.changed() => if changed.is_err() {
+                // No more config: this version stays; only the drain can end it.
+                http::drained(&mut drain).await;
+                return "listener draining";
+            },
         }
     }
 }
