@@ -11,6 +11,8 @@
 //! - [`mesh`]: a small mTLS mesh whose sidecars are stock Envoys or strait-proxy (conformance);
 //! - [`multinet`]: a two-network mesh inside a topology (straitd, sidecars, gateway in namespaces);
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client;
+//! - [`recorder`]: an application that records every request target it receives;
+//! - [`raw`]: raw HTTP/1.1 bytes on a socket, for malformed and unnormalised requests;
 //! - [`loadgen`]: an open-loop load generator (latency from the intended send time) and its echo app;
 //! - [`topology`]: networks on one machine from network namespaces (hosts, gateways, a wan).
 
@@ -24,6 +26,8 @@ pub mod mesh;
 pub mod multinet;
 pub mod ports;
 pub mod process;
+pub mod raw;
+pub mod recorder;
 pub mod topology;
 pub mod upstream;
 pub mod wait;

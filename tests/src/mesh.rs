@@ -98,10 +98,38 @@ impl Sidecar {
         interception: &str,
         labels: &[(&str, &str)],
     ) -> Result<Sidecar> {
+        Self::start_in(
+            kind,
+            straitd,
+            "default",
+            app,
+            sa,
+            ip,
+            ttl,
+            interception,
+            labels,
+        )
+        .await
+    }
+
+    /// [`Sidecar::start_labeled`] for a workload of `namespace` (its identity
+    /// `spiffe://cluster.local/ns/<namespace>/sa/<sa>`).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start_in(
+        kind: SidecarKind,
+        straitd: &Straitd,
+        namespace: &str,
+        app: &str,
+        sa: &str,
+        ip: IpAddr,
+        ttl: Duration,
+        interception: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Sidecar> {
         match kind {
             SidecarKind::Envoy => {
-                let agent = SdsAgent::start(straitd, "default", sa, ttl).await?;
-                let mut meta = IstioMeta::new(app, "default");
+                let agent = SdsAgent::start(straitd, namespace, sa, ttl).await?;
+                let mut meta = IstioMeta::new(app, namespace);
                 meta.network = "network1".into();
                 meta.interception_mode = interception.into();
                 for (k, v) in labels {
@@ -118,14 +146,14 @@ impl Sidecar {
                 Ok(Sidecar::Envoy { envoy, agent })
             }
             SidecarKind::Strait => {
-                let boot = workload_bootstrap(straitd, "default", sa).await?;
+                let boot = workload_bootstrap(straitd, namespace, sa).await?;
                 let admin = SocketAddr::new(ip, 15000);
                 let child =
                     Child::builder(&format!("strait-{app}"), bins::bin_path("strait-proxy")?)
                         .arg("run")
                         .args(["--xds-address", &format!("http://{}", straitd.xds())])
                         .args(["--node-ip", NODE_IP])
-                        .args(["--pod", &format!("{app}-1"), "--namespace", "default"])
+                        .args(["--pod", &format!("{app}-1"), "--namespace", namespace])
                         .args(["--workload", app, "--label", &format!("app={app}")])
                         .args(
                             labels
@@ -141,7 +169,7 @@ impl Sidecar {
                         .arg(&boot.token)
                         .args([
                             "--identity",
-                            &format!("spiffe://cluster.local/ns/default/sa/{sa}"),
+                            &format!("spiffe://cluster.local/ns/{namespace}/sa/{sa}"),
                         ])
                         .args(["--ttl-seconds", &ttl.as_secs().to_string()])
                         .args(["--admin-address", &admin.to_string()])
@@ -180,6 +208,14 @@ impl Sidecar {
         match self {
             Sidecar::Envoy { envoy, .. } => Some(envoy),
             Sidecar::Strait { .. } => None,
+        }
+    }
+
+    /// The data plane's process id (Envoy's, not its agent's): for CPU and memory readings.
+    pub fn pid(&self) -> u32 {
+        match self {
+            Sidecar::Envoy { envoy, .. } => envoy.child().pid(),
+            Sidecar::Strait { child, .. } => child.pid(),
         }
     }
 
