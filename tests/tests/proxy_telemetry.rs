@@ -4,7 +4,7 @@
 //! intruder's request, refused by httpbin's RBAC, is counted there with response code 403.
 //! Istio's HTTP metadata exchange between the sidecars fills the peer's workload, app,
 //! version, canonical service and cluster on both sides; neither app sees its headers, and
-//! metadata forged by sleep's app is replaced by its sidecar's own.
+//! metadata forged by sleep's app is replaced by its sidecar's own (HTTP/1.1 and HTTP/2).
 //! The same over a TCP port: connections opened and closed and bytes both ways, on each side.
 
 use std::net::SocketAddr;
@@ -281,6 +281,86 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
     for s in &m.sidecars {
         ensure!(s.is_running(), "a sidecar died:\n{}", s.log_tail(30));
     }
+    Ok(())
+}
+
+/// The metadata exchange between sidecars speaking HTTP/2 to each other (and to the app).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strait_sidecars_exchange_metadata_over_http2() -> Result<()> {
+    let m = mtls_mesh(
+        SidecarKind::Strait,
+        Protocol::Http2,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    let first = eventually_matches(
+        "sleep → httpbin over mTLS (HTTP/2)",
+        Duration::from_secs(30),
+        || http_get(m.client(), HTTPBIN, "/"),
+        |r| r.0 == 200,
+    )
+    .await;
+    first.with_context(|| m.logs())?;
+    let forged = forged_metadata()?;
+    for i in 0..N as u32 {
+        let r = http_exchange(
+            m.client(),
+            "GET",
+            HTTPBIN,
+            &format!("/{i}"),
+            &[(PEER_METADATA, &forged), (PEER_METADATA_ID, FORGED_ID)],
+            Bytes::new(),
+        )
+        .await?;
+        ensure!(r.status == 200, "request {i}: {} {}", r.status, r.body);
+        for h in [PEER_METADATA, PEER_METADATA_ID] {
+            ensure!(
+                r.header(h).is_none(),
+                "sleep's app got {h}: {:?}",
+                r.headers
+            );
+            ensure!(
+                m.app.last_header(h).is_none(),
+                "httpbin's app got {h}: {:?}",
+                m.app.last_header(h)
+            );
+        }
+    }
+    let outbound = [
+        ("reporter", "source"),
+        ("source_workload", "sleep"),
+        ("destination_workload", "httpbin"),
+        ("destination_canonical_service", "httpbin"),
+        ("destination_cluster", "cluster1"),
+        ("response_code", "200"),
+    ];
+    let text = wait_for(
+        SocketAddr::new(m.ips[0], 15090),
+        "istio_requests_total",
+        &outbound,
+        N,
+    )
+    .await
+    .with_context(|| m.logs())?;
+    ensure!(!text.contains("forged"), "{text}");
+    let inbound = [
+        ("reporter", "destination"),
+        ("source_workload", "sleep"),
+        ("source_app", "sleep"),
+        ("source_canonical_service", "sleep"),
+        ("source_cluster", "cluster1"),
+        ("destination_workload", "httpbin"),
+        ("response_code", "200"),
+    ];
+    let text = wait_for(
+        SocketAddr::new(m.ips[2], 15020),
+        "istio_requests_total",
+        &inbound,
+        N,
+    )
+    .await
+    .with_context(|| m.logs())?;
+    ensure!(!text.contains("forged"), "{text}");
     Ok(())
 }
 
