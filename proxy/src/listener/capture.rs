@@ -2,6 +2,9 @@
 //! destination, read with `SO_ORIGINAL_DST`, picks the listener it is handed to, as Envoy's
 //! `use_original_dst` does: the `bind_to_port: false` listener of exactly that address, else
 //! of `0.0.0.0:<port>`, else the capturing listener's own chains (Passthrough / BlackHole).
+//! Inbound capture (REDIRECT to `virtualInbound` on 15006, the `original_dst` listener filter
+//! alone) reads the same address, but only for its own chains and its ORIGINAL_DST clusters,
+//! which reach the application from 127.0.0.6 so that Istio's rules do not capture them again.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
