@@ -387,6 +387,8 @@ impl Server {
                 bootstrap["admin"]["address"] = json!({
                     "socket_address": { "address": root.to_string(), "port_value": 15000 }
                 });
+                let envoy_log_level =
+                    std::env::var("STRAIT_ENVOY_LOG_LEVEL").unwrap_or_else(|_| "info".to_owned());
                 let dir = tempdir_for("envoy-httpbin")?;
                 let path = dir.path().join("bootstrap.json");
                 std::fs::write(&path, serde_json::to_vec_pretty(&bootstrap)?)?;
@@ -396,7 +398,7 @@ impl Server {
                     .arg(&path)
                     .args(["--disable-hot-restart", "--use-dynamic-base-id"])
                     .args(["--concurrency", "1", "--drain-time-s", "1"])
-                    .args(["--log-level", "info"])
+                    .args(["--log-level", &envoy_log_level])
                     .dir(dir)
                     .spawn()?;
                 Server::Envoy { envoy, agent }
