@@ -162,7 +162,9 @@ async fn handle(
     // Istio's metadata exchange: the peer's headers count only over mTLS (a plaintext client
     // could forge them) and never reach the application.
     let from_peer = peer::take(req.headers_mut()).filter(|_| down.peer_id.is_some());
-    // Generated before anything can answer, so local replies log it too (as Envoy does).
+    // Before anything can answer, so local replies log the id too (as Envoy's HCM does before
+    // its filters); hop-by-hop first, so a `Connection: x-request-id` cannot drop the id.
+    headers::strip_hop_by_hop(req.headers_mut());
     headers::ensure_request_id(req.headers_mut());
     let mut info = crate::telemetry::request::RequestInfo::start(&req, chain, down, ctx);
     info.peer_workload = from_peer.as_ref().and_then(|v| ctx.telemetry.peer(v));
@@ -271,7 +273,6 @@ async fn forward(
     let target = (choose_cluster(&forward.target), down.original_dst);
     // The request as it goes upstream (the URI and version depend on the chosen cluster).
     let h = req.headers_mut();
-    headers::strip_hop_by_hop(h);
     if !h.contains_key("x-forwarded-proto") {
         let proto = if down.tls { "https" } else { "http" };
         h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
