@@ -3,7 +3,8 @@
 //!
 //! - SIGTERM drains (Istio's `terminationDrainDuration`): readiness (`/healthz/ready` and admin
 //!   `/ready`) turns 503, the inbound listener stops accepting, an idle keep-alive connection is
-//!   closed, a request in flight completes with 200 and `Connection: close`, metrics answer
+//!   closed, a request in flight completes with 200 and `Connection: close`, one in flight on
+//!   HTTP/2 completes and its connection then ends (GOAWAY), metrics answer
 //!   throughout, and the process exits 0 saying it drained; with a request that outlasts
 //!   `--drain-duration` the process exits 0 at the deadline saying connections were cut; a
 //!   second SIGTERM exits at once.
@@ -26,7 +27,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_tests::agent::workload_bootstrap;
 use strait_tests::controlplane::Straitd;
 use strait_tests::process::{self, Child};
@@ -87,6 +88,10 @@ impl GatedApp {
             waiting,
             task,
         })
+    }
+
+    fn held(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     fn open(&self) {
@@ -257,9 +262,44 @@ impl Fixture {
     /// `/slow` on a keep-alive connection of its own, sent from a task; returns once the app
     /// holds it.
     async fn slow_in_flight(&self) -> Result<JoinHandle<Result<Reply>>> {
-        let held = self.app.waiting.load(Ordering::SeqCst);
+        let held = self.app.held();
         let mut conn = KeepAlive::connect(self.inbound()).await?;
         let task = tokio::spawn(async move { conn.get("/slow").await });
+        self.app.wait_held(held + 1).await?;
+        Ok(task)
+    }
+
+    /// `/slow` over HTTP/2 (prior knowledge) on a connection of its own, sent from a task;
+    /// returns once the app holds it. The task answers the status and then waits for the
+    /// connection to end.
+    async fn slow_in_flight_h2(&self) -> Result<JoinHandle<Result<u16>>> {
+        let held = self.app.held();
+        let stream = TcpStream::connect(self.inbound()).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let request = Request::builder()
+            .uri(format!("http://{HOST}/slow"))
+            .body(Empty::<Bytes>::new())?;
+        let task = tokio::spawn(async move {
+            let exchange = async {
+                let response = sender.send_request(request).await?;
+                let status = response.status().as_u16();
+                response.into_body().collect().await?;
+                anyhow::Ok(status)
+            };
+            let status = tokio::time::timeout(PATIENCE, exchange)
+                .await
+                .map_err(|_| anyhow!("h2 /slow: no response within {PATIENCE:?}"))??;
+            // GOAWAY: the server ends the connection once its last stream is done.
+            tokio::time::timeout(PATIENCE, conn)
+                .await
+                .map_err(|_| anyhow!("the HTTP/2 connection is still open after {PATIENCE:?}"))??;
+            Ok(status)
+        });
         self.app.wait_held(held + 1).await?;
         Ok(task)
     }
@@ -373,6 +413,7 @@ async fn sigterm_drains_in_flight_then_exits() -> Result<()> {
         "{first:?}"
     );
     let slow = f.slow_in_flight().await?;
+    let slow_h2 = f.slow_in_flight_h2().await?;
 
     f.sidecar.terminate()?;
     f.wait_not_ready().await?;
@@ -401,6 +442,11 @@ async fn sigterm_drains_in_flight_then_exits() -> Result<()> {
     ensure!(
         reply.connection.as_deref() == Some("close"),
         "the in-flight response should close its keep-alive connection: {reply:?}"
+    );
+    let h2 = slow_h2.await?;
+    ensure!(
+        matches!(h2, Ok(200)),
+        "in-flight HTTP/2 request, then the connection's end: {h2:?}"
     );
     let status = f.sidecar.wait_exit(PATIENCE).await?;
     let log = f.log();
