@@ -195,7 +195,8 @@ fn logging_page(
         let mut r = reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "/logging changes state: use POST\n".into(),
+            // Envoy's words for a mutation asked with another method.
+            format!("Method {} not allowed, POST required.\n", req.method()),
         );
         r.headers_mut().insert(
             hyper::header::ALLOW,

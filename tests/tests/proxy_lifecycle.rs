@@ -570,7 +570,12 @@ async fn log_level_through_admin() -> Result<()> {
         }
     }
     let get = http_request(f.admin(), "GET", "admin", "/logging?level=debug").await?;
-    ensure!(get.status == 405, "GET /logging: {}", get.status);
+    ensure!(
+        get.status == 405 && get.body.contains("POST required"),
+        "GET /logging: {} {}",
+        get.status,
+        get.body
+    );
     ensure!(
         logging(&f, "").await? == (200, "active filter: info,strait_proxy::http=info".into()),
         "hostile queries changed the filter: {:?}",

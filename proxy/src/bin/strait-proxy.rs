@@ -252,12 +252,17 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs, logging: Arc<LogLevels>) -> anyhow::Result<()> {
-    // Installed before start-up, so a signal during it is not the default (exit at once).
+    // Installed before start-up (which may wait for the CA), so no signal is lost between the
+    // two; one during start-up ends it, as the default disposition would.
     let mut signals = Signals::new()?;
     let drain_duration = args.drain_duration;
-    let app = App::start(args.into_config(logging))
-        .await
-        .context("starting the proxy")?;
+    let app = tokio::select! {
+        app = App::start(args.into_config(logging)) => app.context("starting the proxy")?,
+        signal = signals.recv() => {
+            tracing::info!(signal, "signal during start-up: exiting");
+            return Ok(());
+        }
+    };
     tracing::info!(
         admin = %app.bound.admin,
         health = %app.bound.health,
@@ -333,5 +338,28 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::parse_duration;
+
+    #[test]
+    fn drain_durations() {
+        for (s, d) in [
+            ("5s", Duration::from_secs(5)),
+            ("5", Duration::from_secs(5)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("1500ms", Duration::from_millis(1500)),
+            ("0s", Duration::ZERO),
+        ] {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        for s in ["", "s", "-1s", "5m", "NaNs", "infs", "100000s", "1e9ms"] {
+            assert!(parse_duration(s).is_err(), "{s:?} accepted");
+        }
     }
 }
