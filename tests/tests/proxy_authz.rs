@@ -329,7 +329,12 @@ async fn no_policy_then_unmatched_allow(kind: SidecarKind) -> Result<()> {
             &policy("nobody", "ALLOW", nobody),
         ))
         .await?;
-    settled(&m, ips.sleep, PORT_A, "/", 403).await?;
+    // Every client's pooled connection to httpbin predates the policy: each must come to be
+    // refused (the connection drained and replaced), not keep the old permission.
+    for ip in [ips.sleep, ips.intruder, ips.visitor] {
+        settled(&m, ip, PORT_A, "/", 403).await?;
+        settled(&m, ip, PORT_B, "/", 403).await?;
+    }
     for ip in [ips.sleep, ips.intruder, ips.visitor] {
         for port in [PORT_A, PORT_B] {
             assert_denied(&m, ip, port, "GET", "/anything").await?;

@@ -134,12 +134,14 @@ pub async fn serve(
     };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    // Biased: once draining, no request still waiting to be read is served first.
     let result = tokio::select! {
-        r = conn.as_mut() => r,
+        biased;
         () = drained(&mut drain) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        r = conn.as_mut() => r,
     };
     if let Err(e) = result {
         tracing::debug!(listener = %chain.listener, error = %e, "downstream HTTP connection ended");

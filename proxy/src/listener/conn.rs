@@ -158,13 +158,16 @@ pub(super) async fn serve(
             let (retire, retired) = watch::channel(false);
             let serve = http::serve(io, h.clone(), Arc::new(down), ctx.clone(), retired);
             tokio::pin!(serve);
+            // Biased: a connection woken by both a new listener version and a new request
+            // starts draining before it reads that request under the old chain.
             tokio::select! {
-                () = &mut serve => {}
+                biased;
                 why = superseded(&ctx, &listener, drain) => {
                     tracing::debug!(listener = %name, chain = %chain.name, %peer, why, "draining the HTTP connection");
                     let _ = retire.send(true);
                     serve.await;
                 }
+                () = &mut serve => {}
             }
         }
     }
