@@ -151,6 +151,10 @@ impl Sidecar {
                 let child =
                     Child::builder(&format!("strait-{app}"), bins::bin_path("strait-proxy")?)
                         .arg("run")
+                        // One worker, as the Envoy sidecars run (`--concurrency 1`): the tests
+                        // and benchmarks exercise the single-threaded runtime the proxy uses
+                        // when pinned to one CPU.
+                        .args(["--concurrency", "1"])
                         .args(["--xds-address", &format!("http://{}", straitd.xds())])
                         .args(["--node-ip", NODE_IP])
                         .args(["--pod", &format!("{app}-1"), "--namespace", namespace])

@@ -30,6 +30,12 @@ use tracing_subscriber::{EnvFilter, reload};
 #[derive(Debug, Parser)]
 #[command(version, about = "Strait's data plane")]
 struct Args {
+    /// Worker threads, as Envoy's `--concurrency`. Default: Istio's sidecar default of 2, or
+    /// fewer when this process may run on fewer CPUs (a sidecar on a 64-core node must not start
+    /// 64 workers); 0 takes every CPU this process may run on. With 1 the proxy runs on a
+    /// single-threaded runtime: no work stealing, no cross-thread wake-ups.
+    #[arg(long, global = true)]
+    concurrency: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -235,10 +241,35 @@ fn init_logging() -> LogLevels {
     LogLevels::new(&initial, apply)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    runtime(args.concurrency)?.block_on(serve(args))
+}
+
+/// The runtime `--concurrency` asks for.
+fn runtime(concurrency: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = match concurrency {
+        None => cpus.min(2),
+        Some(0) => cpus,
+        Some(n) => n,
+    };
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let logging = Arc::new(init_logging());
-    match Args::parse().command {
+    match args.command {
         Command::Run(args) => run(*args, logging).await,
         Command::Sds {
             ca,
