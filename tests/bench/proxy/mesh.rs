@@ -410,8 +410,8 @@ pub fn rss(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// utime + stime of `pid` (all its threads), in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Result<u64> {
+/// utime and stime of `pid` (all its threads), in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // "pid (comm) state ppid ...": comm may hold spaces; fields after it start at `state` (3).
     let rest = stat
@@ -425,7 +425,7 @@ pub fn cpu_ticks(pid: u32) -> Result<u64> {
             .ok_or_else(|| anyhow!("/proc/{pid}/stat field {}", i + 3))
     };
     // utime is field 14, stime 15 (1-based): indexes 11 and 12 from `state`.
-    Ok(field(11)? + field(12)?)
+    Ok((field(11)?, field(12)?))
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we run on).
@@ -438,13 +438,15 @@ pub fn clk_tck() -> u64 {
         .unwrap_or(100)
 }
 
-/// CPU seconds used by `pids` together.
-pub fn cpu_seconds(pids: &[u32], tck: u64) -> Result<f64> {
-    let mut ticks = 0;
+/// CPU seconds used by `pids` together: (user, system).
+pub fn cpu_seconds(pids: &[u32], tck: u64) -> Result<(f64, f64)> {
+    let (mut user, mut system) = (0, 0);
     for &p in pids {
-        ticks += cpu_ticks(p)?;
+        let (u, s) = cpu_ticks(p)?;
+        user += u;
+        system += s;
     }
-    Ok(ticks as f64 / tck as f64)
+    Ok((user as f64 / tck as f64, system as f64 / tck as f64))
 }
 
 /// Waits until `pid`'s RSS changes by less than 1% over two seconds (a config being applied

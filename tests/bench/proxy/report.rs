@@ -130,21 +130,31 @@ pub fn markdown(run: &Run) -> String {
         s,
         "\n## CPU per 1000 req/s (both sidecars, utime+stime over the run, % of one core)\n"
     );
-    let _ = writeln!(s, "| protocol | rate | Envoy | Strait | Strait ÷ Envoy |");
-    let _ = writeln!(s, "|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| protocol | rate | Envoy | Strait | Strait ÷ Envoy | user only: Envoy | Strait | ÷ |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for &proto in &run.args.protocols {
         for &rate in &run.args.rates {
             let c = |p: Option<&PlaneResult>| {
                 p.and_then(|p| find(p, proto, rate))
                     .and_then(LatencyRun::cores_per_krps)
             };
+            let u = |p: Option<&PlaneResult>| {
+                p.and_then(|p| find(p, proto, rate))
+                    .and_then(LatencyRun::user_cores_per_krps)
+            };
             let pct = |v: f64| format!("{:.1} %", v * 100.0);
             let _ = writeln!(
                 s,
-                "| {proto} | {rate:.0}/s | {} | {} | {} |",
+                "| {proto} | {rate:.0}/s | {} | {} | {} | {} | {} | {} |",
                 opt(c(envoy), pct),
                 opt(c(strait), pct),
-                ratio(c(strait), c(envoy))
+                ratio(c(strait), c(envoy)),
+                opt(u(envoy), pct),
+                opt(u(strait), pct),
+                ratio(u(strait), u(envoy))
             );
         }
     }

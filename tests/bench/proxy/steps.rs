@@ -53,14 +53,26 @@ pub struct LatencyRun {
     pub report: Report,
     /// CPU seconds of both sidecars ÷ wall seconds of the run (warm-up included, same rate).
     pub cores: Option<f64>,
+    /// The part of `cores` spent in the sidecars' own code (utime); the rest is the kernel
+    /// working for them (stime: loopback TCP, wake-ups, epoll), which any proxy pays per write.
+    pub user_cores: Option<f64>,
 }
 
 impl LatencyRun {
     /// Share of one core per 1000 req/s served (good responses per second, not the rate asked:
     /// an overloaded proxy serves less than it is sent), both sidecars together.
     pub fn cores_per_krps(&self) -> Option<f64> {
+        self.per_krps(self.cores)
+    }
+
+    /// `cores_per_krps` for user time alone.
+    pub fn user_cores_per_krps(&self) -> Option<f64> {
+        self.per_krps(self.user_cores)
+    }
+
+    fn per_krps(&self, cores: Option<f64>) -> Option<f64> {
         let served = self.report.ok_rate;
-        self.cores
+        cores
             .filter(|_| served > 0.0)
             .map(|c| c / (served / 1000.0))
     }
@@ -240,11 +252,21 @@ async fn timed(config: &Config, pids: Option<&[u32; 2]>, tck: u64) -> Result<Lat
     let started = Instant::now();
     let report = loadgen::run(config).await?;
     let wall = started.elapsed().as_secs_f64();
-    let cores = match (pids, before) {
-        (Some(p), Some(b)) => Some((mesh::cpu_seconds(p, tck)? - b) / wall),
-        _ => None,
+    let (cores, user_cores) = match (pids, before) {
+        (Some(p), Some((user, system))) => {
+            let (u, s) = mesh::cpu_seconds(p, tck)?;
+            (
+                Some((u - user + s - system) / wall),
+                Some((u - user) / wall),
+            )
+        }
+        _ => (None, None),
     };
-    Ok(LatencyRun { report, cores })
+    Ok(LatencyRun {
+        report,
+        cores,
+        user_cores,
+    })
 }
 
 /// Opens `n` keep-alive connections to the client sidecar, one request each (one after the
