@@ -13,6 +13,7 @@
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client;
 //! - [`recorder`]: an application that records every request target it receives;
 //! - [`raw`]: raw HTTP/1.1 bytes on a socket, for malformed and unnormalised requests;
+//! - [`h2raw`]: HTTP/2 frames written by hand on h2c, for what no client library sends;
 //! - [`loadgen`]: an open-loop load generator (latency from the intended send time) and its echo app;
 //! - [`topology`]: networks on one machine from network namespaces (hosts, gateways, a wan).
 
@@ -21,6 +22,7 @@ pub mod bins;
 pub mod controlplane;
 pub mod envoy;
 pub mod fixtures;
+pub mod h2raw;
 pub mod loadgen;
 pub mod mesh;
 pub mod multinet;

@@ -18,17 +18,21 @@
 //!   `/secret`); raw HTTP/1.1 targets (`//admin`, `/./admin`, `/%61dmin`, `/admin%2F`,
 //!   `/public/../secret`, Host case and port, …) written on a socket to sleep's listener;
 //!   zero bypass: the app never receives a target whose RFC 3986 normal form is under
-//!   `/admin` or `/secret`, whatever the status. The table of answers is printed.
+//!   `/admin` or `/secret`, whatever the status. The same corpus again over HTTP/2 (h2c, raw
+//!   frames: `:path` and `:authority` as written). The table of answers is printed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use bytes::Bytes;
 use strait_tests::controlplane::Straitd;
+use strait_tests::h2raw::{
+    END_HEADERS, END_STREAM, H2Answer, HEADERS, RawH2, frame, request_block,
+};
 use strait_tests::mesh::{HTTPBIN, Sidecar, SidecarKind};
 use strait_tests::raw;
-use strait_tests::recorder::Recorder;
+use strait_tests::recorder::{Recorder, Seen};
 use strait_tests::upstream::http_exchange;
 use strait_tests::{PATIENCE, eventually_matches, ports, process};
 
@@ -478,6 +482,60 @@ fn normal_form_reads_what_an_app_reads() {
     assert_eq!(decoding_app_form("/public%2F..%2Fadmin"), "/admin");
 }
 
+/// One corpus request and the proxy's answer, for the table and the bypass check.
+struct Row<'a> {
+    method: &'a str,
+    target: &'a str,
+    host: &'a str,
+    answer: String,
+    /// Whether the answer was 200 (then the app must have seen the request).
+    ok: bool,
+}
+
+impl Row<'_> {
+    /// Adds the row to `table`; a target the app received whose normal form is protected is a
+    /// bypass, whatever the answer.
+    fn record(&self, seen: &[Seen], table: &mut String, bypasses: &mut Vec<String>) -> Result<()> {
+        let Row {
+            method,
+            target,
+            host,
+            answer,
+            ok,
+        } = self;
+        let saw: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
+        let shown: Vec<String> = saw
+            .iter()
+            .map(|t| {
+                let d = decoding_app_form(t);
+                if protected(&d) && !protected(&normal_form(t)) {
+                    format!("{t} (an app decoding %2F/%5C: {d})")
+                } else {
+                    t.to_string()
+                }
+            })
+            .collect();
+        let shown = if shown.is_empty() {
+            "-".to_string()
+        } else {
+            shown.join(", ")
+        };
+        *table += &format!("{method:<8} {target:<38} {host:<32} {answer:>9}  {shown}\n");
+        for t in &saw {
+            if protected(&normal_form(t)) {
+                bypasses.push(format!(
+                    "{method} {target} (Host: {host}) → {answer} and the app received {t:?}"
+                ));
+            }
+        }
+        ensure!(
+            !ok || !saw.is_empty(),
+            "{method} {target}: 200 without reaching the app"
+        );
+        Ok(())
+    }
+}
+
 async fn deny_precedence_and_normalisation(kind: SidecarKind) -> Result<()> {
     let deny = policy(
         "deny-admin",
@@ -531,8 +589,8 @@ async fn deny_precedence_and_normalisation(kind: SidecarKind) -> Result<()> {
     }
 
     let mut table = format!(
-        "{kind:?}: DENY /admin*, ALLOW /public* /admin*\n{:<8} {:<38} {:<32} {:>6}  app saw\n",
-        "method", "target", "host", "status"
+        "{kind:?}: DENY /admin*, ALLOW /public* /admin*\n{:<8} {:<38} {:<32} {:>9}  app saw\n",
+        "method", "target", "host", "answer"
     );
     let mut bypasses = Vec::new();
     for (method, target, host) in &requests {
@@ -543,40 +601,52 @@ async fn deny_precedence_and_normalisation(kind: SidecarKind) -> Result<()> {
             .await
             .with_context(|| format!("{method} {target} (Host: {host})"))?;
         let seen = m.app.seen().split_off(before);
-        let saw: Vec<String> = seen.iter().map(|s| s.target.clone()).collect();
-        table += &format!(
-            "{method:<8} {target:<38} {host:<32} {:>6}  {}\n",
-            reply.status_text(),
-            if saw.is_empty() {
-                "-".to_string()
-            } else {
-                saw.iter()
-                    .map(|t| {
-                        let d = decoding_app_form(t);
-                        if protected(&d) && !protected(&normal_form(t)) {
-                            format!("{t} (an app decoding %2F/%5C: {d})")
-                        } else {
-                            t.clone()
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            }
-        );
-        for t in &saw {
-            if protected(&normal_form(t)) {
-                bypasses.push(format!(
-                    "{method} {target} (Host: {host}) → {} and the app received {t:?}",
-                    reply.status_text()
-                ));
-            }
+        let row = Row {
+            method,
+            target,
+            host,
+            answer: reply.status_text(),
+            ok: reply.status == Some(200),
+        };
+        row.record(&seen, &mut table, &mut bypasses)
+            .with_context(|| reply.text.clone())?;
+    }
+    // The same over HTTP/2 (h2c to the same listener): `:path` and `:authority` exactly as
+    // written, through another parser in both proxies.
+    table += &format!("{kind:?} over HTTP/2 (h2c)\n");
+    let mut h2_requests: Vec<(String, String)> = CORPUS
+        .iter()
+        .map(|t| (t.to_string(), hosts[0].clone()))
+        .collect();
+    for host in &hosts[1..] {
+        for t in ["/admin", "/public/../admin", "/public/x"] {
+            h2_requests.push((t.into(), host.clone()));
         }
-        if reply.status == Some(200) && saw.is_empty() {
-            bail!(
-                "{method} {target}: 200 without reaching the app: {}",
-                reply.text
-            );
-        }
+    }
+    for (target, host) in &h2_requests {
+        let before = m.app.count();
+        let c = RawH2::connect(listener).await?;
+        c.send(frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            1,
+            &request_block(host, target),
+        ))
+        .await;
+        let answer = c.first().await.with_context(|| format!("h2 {target}"))?;
+        c.finish().await;
+        let seen = m.app.seen().split_off(before);
+        let row = Row {
+            method: "GET",
+            target,
+            host,
+            answer: match &answer {
+                H2Answer::Status(s) => s.to_string(),
+                other => format!("{other:?}"),
+            },
+            ok: answer == H2Answer::Status(200),
+        };
+        row.record(&seen, &mut table, &mut bypasses)?;
     }
     println!("{table}");
     ensure!(
