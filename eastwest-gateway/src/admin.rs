@@ -20,6 +20,8 @@ use tokio::sync::watch;
 pub struct State {
     /// Whether the xDS config is synced (CDS and LDS acknowledged at least once).
     pub ready: watch::Receiver<bool>,
+    /// The xDS client's state: why it is not synced, when the stream fails.
+    pub xds: watch::Receiver<Arc<strait_proxy::xds::Status>>,
     /// The metrics.
     pub registry: Arc<Registry>,
 }
@@ -60,10 +62,13 @@ fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             if *state.ready.borrow() {
                 text(StatusCode::OK, "ready\n".into())
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "xDS not synced yet\n".into(),
-                )
+                // The last stream error says why (the control plane refused us, the CA's
+                // certificate did not verify, ...), so an operator need not dig in the log.
+                let why = match &state.xds.borrow().last_error {
+                    Some(e) => format!("xDS not synced yet: {e}\n"),
+                    None => "xDS not synced yet\n".into(),
+                };
+                text(StatusCode::SERVICE_UNAVAILABLE, why)
             }
         }
         "/stats/prometheus" | "/metrics" => {

@@ -1,6 +1,7 @@
 //! Start-up in one place: bind every port (port 0 works, [`Bound`] says where they landed),
-//! start the xDS client as an east-west gateway node, keep the SNI table and readiness in step
-//! with the config, and serve.
+//! obtain the gateway's workload certificate from the control plane's CA, start the xDS client
+//! as an east-west gateway node over mutual TLS with it (plaintext only when asked for), keep the
+//! SNI table and readiness in step with the config, and serve.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -8,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::registry::Registry;
+use strait_proto::identity::SpiffeId;
+use strait_proxy::certs::{CertManager, CertManagerConfig};
 use strait_proxy::config::Kind;
+use strait_proxy::tls::CertSource;
 use strait_proxy::xds::{NodeInfo, XdsClient, XdsConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -75,8 +79,20 @@ pub struct Config {
     pub health_addr: SocketAddr,
     /// Prometheus metrics (15090).
     pub metrics_addr: SocketAddr,
-    /// straitd's xDS address, `http://<ip>:15010`.
+    /// straitd's xDS address: `https://<ip>:15012` (mutual TLS with the workload certificate
+    /// of [`Config::certs`]), or `http://<ip>:15010` when [`Config::insecure_xds`] allows it.
     pub xds_address: String,
+    /// Name the control plane's certificate must carry, for `https://` (Istio's
+    /// `istiod.istio-system.svc`, which straitd's certificate carries).
+    pub xds_server_name: String,
+    /// Allow a plaintext `http://` xDS address. Off by default: over plaintext the control
+    /// plane cannot authenticate the gateway, and anyone on the path could rewrite its routing
+    /// table.
+    pub insecure_xds: bool,
+    /// The gateway's workload certificate (Istio's: `spiffe://<td>/ns/istio-system/sa/
+    /// istio-eastwestgateway`), from the control plane's CA by bootstrap token and rotated at
+    /// half-life; needed for an `https://` xDS address.
+    pub certs: Option<CertManagerConfig>,
     /// Who we are.
     pub node: Node,
     /// Deadline for a whole ClientHello on 15443.
@@ -92,8 +108,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Istio's ports on all addresses, plaintext xDS to `xds_address`, a 5 s handshake
-    /// deadline, 10 000 connections on 15443 and 1 000 on 15012, splice.
+    /// Istio's ports on all addresses, xDS to `xds_address` (set [`Config::certs`] for
+    /// `https://`, or [`Config::insecure_xds`] for `http://`), a 5 s handshake deadline,
+    /// 10 000 connections on 15443 and 1 000 on 15012, splice.
     pub fn new(xds_address: impl Into<String>, node: Node) -> Config {
         let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
         Config {
@@ -103,6 +120,9 @@ impl Config {
             health_addr: SocketAddr::new(any, 15021),
             metrics_addr: SocketAddr::new(any, 15090),
             xds_address: xds_address.into(),
+            xds_server_name: "istiod.istio-system.svc".into(),
+            insecure_xds: false,
+            certs: None,
             node,
             handshake_timeout: Duration::from_secs(5),
             max_connections: 10_000,
@@ -137,7 +157,12 @@ pub struct App {
     pub ready: watch::Receiver<bool>,
     /// The metrics.
     pub metrics: Metrics,
+    /// The workload certificate's identity, when the gateway has one.
+    pub identity: Option<SpiffeId>,
+    /// The xDS client's state (the last stream error, e.g. a refusal by the control plane).
+    pub xds_status: watch::Receiver<Arc<strait_proxy::xds::Status>>,
     xds: XdsClient,
+    manager: Option<CertManager>,
     tasks: JoinSet<()>,
 }
 
@@ -150,6 +175,7 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 impl App {
     /// Binds, connects to the control plane in the background, and serves.
     pub async fn start(config: Config) -> anyhow::Result<App> {
+        check_xds_address(&config)?;
         if config.control_plane_addr.is_some() && config.control_plane.is_none() {
             anyhow::bail!(
                 "the control-plane port is on but no control plane address is given \
@@ -179,10 +205,24 @@ impl App {
                 cluster: config.node.cluster_id.clone(),
             },
         );
-        let xds = XdsClient::start(XdsConfig::new(
-            config.xds_address.clone(),
-            config.node.info(),
-        ))?;
+        // The first certificate may take a while (the CA retries transient failures): the ports
+        // are bound already, so a clash is reported before that wait.
+        let (manager, certs) = match config.certs.clone() {
+            None => (None, None),
+            Some(c) => {
+                let identity = c.identity.clone();
+                let (manager, rx) = CertManager::start(c).await.map_err(|e| {
+                    anyhow::anyhow!("the gateway's workload certificate for {identity}: {e}")
+                })?;
+                let source = CertSource::new(rx)
+                    .map_err(|e| anyhow::anyhow!("the workload certificate for {identity}: {e}"))?;
+                (Some(manager), Some(source))
+            }
+        };
+        let identity = certs.as_ref().map(CertSource::identity);
+        let mut xds_config = XdsConfig::new(config.xds_address.clone(), config.node.info());
+        strait_proxy::app::secure_xds(&mut xds_config, certs.as_ref(), &config.xds_server_name)?;
+        let xds = XdsClient::start(xds_config)?;
         let (table_tx, table_rx) = watch::channel(Arc::new(Table::default()));
         let (ready_tx, ready_rx) = watch::channel(false);
 
@@ -213,6 +253,7 @@ impl App {
         }
         let admin_state = admin::State {
             ready: ready_rx.clone(),
+            xds: xds.status(),
             registry: Arc::new(registry),
         };
         tasks.spawn(admin::serve(health_listener, admin_state.clone()));
@@ -223,6 +264,7 @@ impl App {
             health = %bound.health,
             metrics = %bound.metrics,
             xds = %config.xds_address,
+            identity = ?identity.as_ref().map(ToString::to_string),
             network = %config.node.network,
             "strait-gateway serving"
         );
@@ -231,7 +273,10 @@ impl App {
             table: table_rx,
             ready: ready_rx,
             metrics,
+            identity,
+            xds_status: xds.status(),
             xds,
+            manager,
             tasks,
         })
     }
@@ -241,11 +286,42 @@ impl App {
         self.tasks.join_next().await;
     }
 
-    /// Stops the xDS client and every task.
+    /// Stops the xDS client, the certificate manager and every task.
     pub async fn shutdown(mut self) {
         self.tasks.shutdown().await;
         self.xds.shutdown().await;
+        if let Some(m) = self.manager {
+            m.shutdown().await;
+        }
     }
+}
+
+/// `https://` needs a workload certificate to present; `http://` needs the explicit
+/// [`Config::insecure_xds`].
+fn check_xds_address(config: &Config) -> anyhow::Result<()> {
+    let address = &config.xds_address;
+    if address.starts_with("https://") {
+        if config.certs.is_none() {
+            anyhow::bail!(
+                "xDS address {address:?}: https:// needs the gateway's workload certificate \
+                 (the CA settings: CA address, root certificate, token file, identity)"
+            );
+        }
+    } else if address.starts_with("http://") {
+        if !config.insecure_xds {
+            anyhow::bail!(
+                "xDS address {address:?}: plaintext xDS is refused unless asked for \
+                 (insecure_xds): the control plane could not authenticate the gateway and its \
+                 routing table could be rewritten on the way; use https://<control plane>:15012"
+            );
+        }
+        tracing::warn!(%address, "plaintext xDS: the control plane cannot authenticate this gateway");
+    } else {
+        anyhow::bail!(
+            "xDS address {address:?}: the scheme must be https:// (or http:// when insecure)"
+        );
+    }
+    Ok(())
 }
 
 /// Rebuilds the SNI table on every config the xDS client publishes.

@@ -2,7 +2,9 @@
 //! rustls handshake completes end to end through it, so it never decrypts), a ClientHello split
 //! one byte per segment still routes, every refusal closes the connection without reaching a
 //! workload, a slow ClientHello times out, the connection limit holds, and 15012 passes bytes
-//! through unparsed.
+//! through unparsed. The gateway gets its certificate from straitd's CA by bootstrap token and
+//! its routing table by mutual-TLS xDS on 15012; a certificate for another namespace than its
+//! node claims is refused by straitd, and plaintext xDS needs asking for.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 use strait_gateway::app::{App, Config, Node};
 use strait_gateway::metrics::Refusal;
+use strait_proxy::certs::{CaClientConfig, CertManagerConfig};
 use support::{
     Recorder, Straitd, closed_without_a_byte, eventually, http_get, rustls_client_hello,
 };
@@ -88,8 +91,32 @@ spec:
     )
 }
 
-/// A gateway of network n1 in this process, its control-plane port passing to `cp`.
-async fn gateway(d: &Straitd, cp: SocketAddr, max_connections: usize) -> App {
+/// Istio's east-west gateway identity.
+const GATEWAY_ID: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway";
+
+/// How the gateway reads its config.
+#[derive(Clone, Copy)]
+enum Xds {
+    /// `https://…:15012` with a certificate for `GATEWAY_ID` from straitd's CA.
+    Mtls,
+    /// `http://…:15010`, allowed explicitly (`insecure_xds`).
+    Plaintext,
+}
+
+/// The certificate manager's config for `identity` (namespace `ns`, service account `sa`): a
+/// bootstrap token and the root from straitd, the CA on straitd's 15012.
+async fn certs(d: &Straitd, ns: &str, sa: &str) -> CertManagerConfig {
+    let (token, root) = d.bootstrap(ns, sa).await;
+    let mut ca = CaClientConfig::new(d.tls_url(), root, "cluster1");
+    ca.server_name = Some("istiod.istio-system.svc".into());
+    ca.token_file = Some(token);
+    let identity = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");
+    CertManagerConfig::new(ca, identity.parse().unwrap())
+}
+
+/// A gateway of network n1 in this process (node namespace `istio-system`), its control-plane
+/// port passing to `cp`.
+fn config(d: &Straitd, cp: SocketAddr, max_connections: usize, xds: &str) -> Config {
     let node = Node {
         ip: IpAddr::V4(d.ip),
         name: "eastwest".into(),
@@ -98,7 +125,7 @@ async fn gateway(d: &Straitd, cp: SocketAddr, max_connections: usize) -> App {
         cluster_id: "cluster1".into(),
     };
     let any = SocketAddr::new(IpAddr::V4(LOCAL), 0);
-    let mut c = Config::new(d.xds_url(), node);
+    let mut c = Config::new(xds, node);
     c.sni_addr = any;
     c.control_plane_addr = Some(any);
     c.control_plane = Some(cp);
@@ -106,6 +133,23 @@ async fn gateway(d: &Straitd, cp: SocketAddr, max_connections: usize) -> App {
     c.metrics_addr = any;
     c.handshake_timeout = Duration::from_millis(800);
     c.max_connections = max_connections;
+    c
+}
+
+/// A gateway as [`config`] makes it, ready with its routes.
+async fn gateway(d: &Straitd, cp: SocketAddr, max_connections: usize, xds: Xds) -> App {
+    let c = match xds {
+        Xds::Mtls => {
+            let mut c = config(d, cp, max_connections, &d.tls_url());
+            c.certs = Some(certs(d, "istio-system", "istio-eastwestgateway").await);
+            c
+        }
+        Xds::Plaintext => {
+            let mut c = config(d, cp, max_connections, &d.xds_url());
+            c.insecure_xds = true;
+            c
+        }
+    };
     let app = App::start(c).await.expect("gateway starts");
     let (health, table) = (app.bound.health, app.table.clone());
     eventually(
@@ -126,6 +170,11 @@ async fn gateway(d: &Straitd, cp: SocketAddr, max_connections: usize) -> App {
         [REVIEWS, REVIEWS_V1, SECURE].map(String::from).to_vec(),
         "exported services of n1 only"
     );
+    let identity = app.identity.as_ref().map(ToString::to_string);
+    match xds {
+        Xds::Mtls => assert_eq!(identity.as_deref(), Some(GATEWAY_ID)),
+        Xds::Plaintext => assert_eq!(identity, None),
+    }
     app
 }
 
@@ -175,7 +224,7 @@ async fn exchange(to: SocketAddr, chunks: &[&[u8]], pause: Duration) -> Vec<u8> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exported_names_are_forwarded_untouched() {
     let w = world().await;
-    let gw = gateway(&w._straitd, w.control_plane.addr, 100).await;
+    let gw = gateway(&w._straitd, w.control_plane.addr, 100, Xds::Mtls).await;
     let sni = gw.bound.sni;
 
     // A real rustls ClientHello and some application bytes, byte for byte.
@@ -240,7 +289,7 @@ async fn exported_names_are_forwarded_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_close_the_connection_and_reach_no_workload() {
     let w = world().await;
-    let gw = gateway(&w._straitd, w.control_plane.addr, 100).await;
+    let gw = gateway(&w._straitd, w.control_plane.addr, 100, Xds::Mtls).await;
     let sni = gw.bound.sni;
     let cases: Vec<(&str, Vec<u8>, Refusal)> = vec![
         (
@@ -343,7 +392,8 @@ async fn refusals_close_the_connection_and_reach_no_workload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_holds() {
     let w = world().await;
-    let gw = gateway(&w._straitd, w.control_plane.addr, 2).await;
+    // Plaintext xDS, asked for: the insecure mode still routes as before.
+    let gw = gateway(&w._straitd, w.control_plane.addr, 2, Xds::Plaintext).await;
     let sni = gw.bound.sni;
     let hello = rustls_client_hello(Some(REVIEWS));
     // Two connections held in inspection (a partial ClientHello) fill the limit.
@@ -366,6 +416,100 @@ async fn the_connection_limit_holds() {
     assert_eq!(exchange(sni, &[&hello], Duration::ZERO).await, b"pong");
     assert_eq!(w.reviews.accepted(), 1);
     gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_namespace_is_refused_xds() {
+    let w = world().await;
+    let d = &w._straitd;
+    // A valid mesh certificate, but for namespace `default`, while the node claims
+    // `istio-system`: straitd refuses the stream, so the gateway never gets a routing table.
+    let mut c = config(d, w.control_plane.addr, 100, &d.tls_url());
+    c.certs = Some(certs(d, "default", "istio-eastwestgateway").await);
+    let gw = App::start(c).await.expect("gateway starts");
+    assert_eq!(
+        gw.identity.as_ref().map(ToString::to_string).as_deref(),
+        Some("spiffe://cluster.local/ns/default/sa/istio-eastwestgateway")
+    );
+    let health = gw.bound.health;
+    let body = eventually(
+        "the refusal on /healthz/ready",
+        Duration::from_secs(20),
+        || async move {
+            let r = http_get(health, "/healthz/ready").await.ok()?;
+            r.contains("PermissionDenied").then_some(r)
+        },
+    )
+    .await;
+    assert!(body.starts_with("HTTP/1.1 503"), "{body}");
+    assert!(
+        body.contains("claims namespace \"istio-system\"")
+            && body.contains("spiffe://cluster.local/ns/default/sa/istio-eastwestgateway"),
+        "{body}"
+    );
+    let last = gw
+        .xds_status
+        .borrow()
+        .last_error
+        .clone()
+        .unwrap_or_default();
+    assert!(last.contains("PermissionDenied"), "{last}");
+    assert!(!*gw.ready.borrow(), "ready without a config");
+    assert!(gw.table.borrow().names().is_empty(), "routes without xDS");
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_xds_must_be_asked_for() {
+    // The library: http:// without `insecure_xds`, and https:// without a certificate.
+    let node = || Node {
+        ip: IpAddr::V4(LOCAL),
+        name: "eastwest".into(),
+        namespace: "istio-system".into(),
+        network: "n1".into(),
+        cluster_id: "cluster1".into(),
+    };
+    let any = SocketAddr::new(IpAddr::V4(LOCAL), 0);
+    for (address, want) in [
+        ("http://127.0.0.1:15010", "plaintext xDS is refused"),
+        (
+            "https://127.0.0.1:15012",
+            "needs the gateway's workload certificate",
+        ),
+    ] {
+        let mut c = Config::new(address, node());
+        (c.sni_addr, c.health_addr, c.metrics_addr) = (any, any, any);
+        c.control_plane_addr = None;
+        let e = App::start(c).await.expect_err(address).to_string();
+        assert!(e.contains(want), "{address}: {e}");
+    }
+
+    // The binary: a usage error (exit code 2) naming the flag, before binding anything.
+    let gateway = env!("CARGO_BIN_EXE_strait-gateway");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(gateway)
+            .args(["--network", "n1"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--xds-address", "http://127.0.0.1:15010"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("refusing plaintext xDS to http://127.0.0.1:15010")
+            && err.contains("--insecure-xds"),
+        "{err}"
+    );
+    let (code, err) = run(&["--xds-address", "https://127.0.0.1:15012"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--root-cert"), "{err}");
+    let (code, err) = run(&["--xds-address", "ftp://127.0.0.1:15012"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("scheme must be https://"), "{err}");
 }
 
 /// A rustls server with a self-signed certificate for the SNI name: answers `pong:<what it

@@ -117,13 +117,7 @@ impl App {
                 (Some(manager), Some(CertSource::new(rx)?), sds)
             }
         };
-        if config.xds.address.starts_with("https://") {
-            let certs = certs.clone().ok_or_else(|| crate::xds::Error::Address {
-                address: config.xds.address.clone(),
-                reason: "https:// needs a workload certificate (the CA flags)".into(),
-            })?;
-            config.xds.tls = Some(xds_tls(certs, config.xds_server_name.clone()));
-        }
+        secure_xds(&mut config.xds, certs.as_ref(), &config.xds_server_name)?;
         let local = local_workload(&config.xds.node, certs.as_ref());
         let xds = XdsClient::start(config.xds)?;
         let ctx = Arc::new(Context {
@@ -242,6 +236,27 @@ impl App {
 /// and the certificate's identity.
 fn local_workload(node: &NodeInfo, certs: Option<&CertSource>) -> Local {
     Local::from_node(node, certs.map(|c| c.identity().to_string()))
+}
+
+/// Gives `xds` mutual TLS when its address is `https://` (straitd's 15012): the client
+/// certificate is the workload certificate `certs` holds, read again at each connection so a
+/// rotated one is used on reconnect; the server must chain to the mesh root and carry
+/// `server_name`. An `http://` address is left as it is. Every xDS client of the workspace (the
+/// sidecar, the east-west gateway) goes through here, so they authenticate the same way.
+pub fn secure_xds(
+    xds: &mut XdsConfig,
+    certs: Option<&CertSource>,
+    server_name: &str,
+) -> Result<(), crate::xds::Error> {
+    if !xds.address.starts_with("https://") {
+        return Ok(());
+    }
+    let certs = certs.ok_or_else(|| crate::xds::Error::Address {
+        address: xds.address.clone(),
+        reason: "https:// needs a workload certificate (the CA flags)".into(),
+    })?;
+    xds.tls = Some(xds_tls(certs.clone(), server_name.to_string()));
+    Ok(())
 }
 
 /// TLS to the control plane with the current workload certificate, trusting the mesh root and

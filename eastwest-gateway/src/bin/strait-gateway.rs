@@ -1,21 +1,61 @@
 //! strait-gateway: the east-west gateway of one network. Flags only; the work is in the library.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use strait_gateway::app::{App, Config, Node};
 use strait_gateway::forward::Mode;
+use strait_proto::identity::SpiffeId;
+use strait_proxy::certs::{CaClientConfig, CertManagerConfig};
 
 /// Strait east-west gateway: SNI passthrough between networks (15443) and the control plane's
 /// stable address (15012).
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// straitd's xDS address (plaintext, Istio's 15010).
-    #[arg(long, env = "STRAIT_XDS", default_value = "http://127.0.0.1:15010")]
-    xds: String,
+    /// straitd's xDS address: `https://<straitd>:15012`, mutual TLS with the gateway's workload
+    /// certificate (the CA flags). `http://<straitd>:15010` only with `--insecure-xds`.
+    #[arg(
+        long,
+        alias = "xds",
+        env = "STRAIT_XDS",
+        default_value = "https://127.0.0.1:15012"
+    )]
+    xds_address: String,
+    /// Allow a plaintext `http://` xDS address (the control plane cannot authenticate the
+    /// gateway, and its routing table could be rewritten on the way).
+    #[arg(long)]
+    insecure_xds: bool,
+    /// Name the control plane's certificate must carry, for `https://`.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    xds_server_name: String,
+    /// The CA that issues the gateway's certificate (Istio's `CA_ADDR`); default: the xDS
+    /// address when it is `https://`.
+    #[arg(long, env = "CA_ADDR")]
+    ca_address: Option<String>,
+    /// Name the CA's certificate must carry.
+    #[arg(long, default_value = "istiod.istio-system.svc")]
+    ca_server_name: String,
+    /// The mesh root certificate (PEM): the trust anchor for the CA and the xDS server.
+    #[arg(long)]
+    root_cert: Option<PathBuf>,
+    /// The bootstrap token file (`straitctl token create -n istio-system --service-account
+    /// istio-eastwestgateway`), re-read at each use.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The gateway's identity; default `spiffe://cluster.local/ns/<namespace>/sa/<name>` with
+    /// Istio's names, `.../ns/istio-system/sa/istio-eastwestgateway`.
+    #[arg(long)]
+    identity: Option<SpiffeId>,
+    /// Certificate lifetime to ask for, in seconds (the CA may shorten it).
+    #[arg(long, default_value_t = 24 * 3600)]
+    ttl_seconds: u64,
+    /// Where to keep the current certificate across restarts.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
     /// The network this gateway serves (`topology.istio.io/network`).
     #[arg(long, env = "STRAIT_NETWORK")]
     network: String,
@@ -65,9 +105,56 @@ struct Args {
     log_format: String,
 }
 
+impl Args {
+    /// The certificate manager's config, or a usage error (clap's, exit code 2) saying what is
+    /// missing: plaintext xDS needs `--insecure-xds`, TLS needs `--root-cert`.
+    fn certs(&self) -> Result<Option<CertManagerConfig>, clap::Error> {
+        let usage =
+            |msg: String| Args::command().error(clap::error::ErrorKind::ArgumentConflict, msg);
+        let xds = &self.xds_address;
+        if xds.starts_with("http://") && !self.insecure_xds {
+            return Err(usage(format!(
+                "refusing plaintext xDS to {xds}: the control plane could not authenticate this \
+                 gateway and its routing table could be rewritten on the way. Use \
+                 --xds-address https://<straitd>:15012 with --root-cert and --token-file, or \
+                 pass --insecure-xds to accept that"
+            )));
+        }
+        if !xds.starts_with("http://") && !xds.starts_with("https://") {
+            return Err(usage(format!(
+                "--xds-address {xds}: the scheme must be https:// (or http:// with --insecure-xds)"
+            )));
+        }
+        let ca = match (&self.ca_address, xds.starts_with("https://")) {
+            (Some(ca), _) => ca.clone(),
+            (None, true) => xds.clone(),
+            (None, false) => return Ok(None),
+        };
+        let Some(root) = self.root_cert.clone() else {
+            return Err(usage(format!(
+                "the gateway's certificate (from the CA at {ca}, for https:// xDS) needs \
+                 --root-cert <mesh root PEM> (and --token-file for the first one)"
+            )));
+        };
+        let identity = match &self.identity {
+            Some(id) => id.clone(),
+            None => SpiffeId::new("cluster.local", self.namespace.as_str(), self.name.as_str())
+                .map_err(|e| usage(format!("no --identity, and the default from --namespace and --name is not valid: {e}")))?,
+        };
+        let mut ca = CaClientConfig::new(ca, root, self.cluster.as_str());
+        ca.server_name = Some(self.ca_server_name.clone());
+        ca.token_file = self.token_file.clone();
+        let mut config = CertManagerConfig::new(ca, identity);
+        config.ttl = Duration::from_secs(self.ttl_seconds);
+        config.cache_dir = self.cache_dir.clone();
+        Ok(Some(config))
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let certs = args.certs().unwrap_or_else(|e| e.exit());
     init_logging(&args.log_format);
     let node_ip = args.node_ip.unwrap_or_else(|| {
         let ip = args.sni_addr.ip();
@@ -84,7 +171,10 @@ async fn main() -> anyhow::Result<()> {
         network: args.network,
         cluster_id: args.cluster,
     };
-    let mut config = Config::new(args.xds, node);
+    let mut config = Config::new(args.xds_address, node);
+    config.xds_server_name = args.xds_server_name;
+    config.insecure_xds = args.insecure_xds;
+    config.certs = certs;
     config.sni_addr = args.sni_addr;
     config.control_plane = args.control_plane;
     config.control_plane_addr = args.control_plane.map(|_| args.control_plane_addr);

@@ -53,7 +53,7 @@ pub fn loopback() -> Ipv4Addr {
 pub struct Straitd {
     pub ip: Ipv4Addr,
     child: Child,
-    _store: tempfile_dir::Dir,
+    store: tempfile_dir::Dir,
 }
 
 mod tempfile_dir {
@@ -89,7 +89,7 @@ impl Straitd {
         let d = Straitd {
             ip,
             child,
-            _store: tempfile_dir::Dir(store),
+            store: tempfile_dir::Dir(store),
         };
         let http = d.http();
         eventually("straitd /ready", Duration::from_secs(20), || async move {
@@ -100,8 +100,49 @@ impl Straitd {
         d
     }
 
+    /// Plaintext xDS (15010).
     pub fn xds_url(&self) -> String {
         format!("http://{}:15010", self.ip)
+    }
+
+    /// The CA and mutual-TLS xDS (15012).
+    pub fn tls_url(&self) -> String {
+        format!("https://{}:15012", self.ip)
+    }
+
+    /// What a gateway needs for its first certificate, as an operator gets it: a bootstrap
+    /// token for `ns`/`sa` from `straitctl token create` and the mesh root from straitd's API,
+    /// written to files in straitd's store directory. Returns (token file, root file).
+    pub async fn bootstrap(&self, ns: &str, sa: &str) -> (PathBuf, PathBuf) {
+        let out = tokio::time::timeout(
+            Duration::from_secs(30),
+            Command::new(bin("straitctl"))
+                .arg("--server")
+                .arg(format!("http://{}", self.http()))
+                .args(["token", "create", "-n", ns, "--service-account", sa])
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("straitctl token create finished")
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "straitctl token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let response = http_get(self.http(), "/api/v1/ca/root").await.unwrap();
+        let (head, root) = response.split_once("\r\n\r\n").unwrap_or_default();
+        assert!(
+            head.starts_with("HTTP/1.1 200") && root.starts_with("-----BEGIN CERTIFICATE-----"),
+            "GET /api/v1/ca/root: {response}"
+        );
+        let dir = self.store.0.join(format!("bootstrap-{ns}-{sa}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (token, root_file) = (dir.join("token"), dir.join("root-cert.pem"));
+        std::fs::write(&token, String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        std::fs::write(&root_file, root).unwrap();
+        (token, root_file)
     }
 
     pub fn http(&self) -> SocketAddr {
