@@ -1,4 +1,10 @@
-//! Config shared by tests.
+//! Config shared by tests: the kitchen sink, and builders for the Istio resources the mesh
+//! scenarios repeat (a service, its workload, explicit Sidecar listeners, mTLS and
+//! authorization for one app), all in namespace `default`. Each builder returns one YAML
+//! document; [`yaml_docs`] joins them for `Straitd::apply`.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
 /// One of everything the model accepts (see controlplane/src/model/networking.rs). `BIND` stands
 /// for the address bound listeners use (replace it with straitd's IP). For a sidecar in namespace
@@ -249,3 +255,166 @@ spec:
   egress: [{hosts: ["*/*"]}]
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
 "#;
+
+/// One port of a service, as ServiceEntry and Sidecar listeners name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Port<'a> {
+    /// The port number.
+    pub number: u16,
+    /// Its name (Istio reads the protocol from a name like `http-…` when none is given).
+    pub name: &'a str,
+    /// `HTTP`, `HTTP2`, `GRPC`, `TCP`, `TLS`.
+    pub protocol: &'a str,
+}
+
+impl<'a> Port<'a> {
+    /// A port `number` named `name` speaking `protocol`.
+    pub const fn new(number: u16, name: &'a str, protocol: &'a str) -> Port<'a> {
+        Port {
+            number,
+            name,
+            protocol,
+        }
+    }
+
+    fn yaml(&self) -> String {
+        format!(
+            "{{number: {}, name: {}, protocol: {}}}",
+            self.number, self.name, self.protocol
+        )
+    }
+}
+
+/// Documents joined into one multi-document YAML stream.
+pub fn yaml_docs<I: IntoIterator<Item = String>>(docs: I) -> String {
+    docs.into_iter().collect::<Vec<_>>().join("---\n")
+}
+
+/// The MESH_INTERNAL, STATIC ServiceEntry `app` for `host` on `ports`, whose endpoints are the
+/// WorkloadEntries labelled `app: <app>`.
+pub fn service_entry(app: &str, host: &str, ports: &[Port<'_>]) -> String {
+    let mut yaml = format!(
+        "apiVersion: networking.istio.io/v1\n\
+         kind: ServiceEntry\n\
+         metadata: {{name: {app}, namespace: default}}\n\
+         spec:\n  hosts: [{host}]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n"
+    );
+    for p in ports {
+        let _ = writeln!(yaml, "  - {}", p.yaml());
+    }
+    let _ = writeln!(yaml, "  workloadSelector: {{labels: {{app: {app}}}}}");
+    yaml
+}
+
+/// The WorkloadEntry `<app>-1` at `address`: service account `app`, labelled `app: <app>` and
+/// as running a sidecar (`security.istio.io/tlsMode: istio`, so clients originate mTLS).
+pub fn workload_entry(app: &str, address: IpAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\n\
+         kind: WorkloadEntry\n\
+         metadata: {{name: {app}-1, namespace: default}}\n\
+         spec:\n  address: {address}\n  serviceAccount: {app}\n  \
+         labels: {{app: {app}, security.istio.io/tlsMode: istio}}\n"
+    )
+}
+
+/// `app`'s Sidecar with one explicit (not captured) inbound listener: `port` bound on `bind`,
+/// forwarding to `endpoint`.
+pub fn sidecar_ingress(app: &str, port: Port<'_>, bind: IpAddr, endpoint: SocketAddr) -> String {
+    format!(
+        "{}  ingress:\n  - port: {}\n    bind: {bind}\n    captureMode: NONE\n    \
+         defaultEndpoint: {endpoint}\n",
+        sidecar_head(app),
+        port.yaml()
+    )
+}
+
+/// `app`'s Sidecar with explicit (not captured) outbound listeners, one per port, bound on
+/// `bind`, for every host of its namespace.
+pub fn sidecar_egress(app: &str, ports: &[Port<'_>], bind: IpAddr) -> String {
+    let mut yaml = sidecar_head(app) + "  egress:\n";
+    for p in ports {
+        let _ = write!(
+            yaml,
+            "  - port: {}\n    bind: {bind}\n    captureMode: NONE\n    hosts: [\"./*\"]\n",
+            p.yaml()
+        );
+    }
+    yaml
+}
+
+fn sidecar_head(app: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\n\
+         kind: Sidecar\n\
+         metadata: {{name: {app}, namespace: default}}\n\
+         spec:\n  workloadSelector: {{labels: {{app: {app}}}}}\n"
+    )
+}
+
+/// The PeerAuthentication `app` selecting `app: <app>`: `mode` (`STRICT`, `PERMISSIVE`,
+/// `DISABLE`), and `port_level` modes by port number.
+pub fn peer_authentication(app: &str, mode: &str, port_level: &[(u16, &str)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: security.istio.io/v1\n\
+         kind: PeerAuthentication\n\
+         metadata: {{name: {app}, namespace: default}}\n\
+         spec:\n  selector: {{matchLabels: {{app: {app}}}}}\n  mtls: {{mode: {mode}}}\n"
+    );
+    if !port_level.is_empty() {
+        let ports: Vec<String> = port_level
+            .iter()
+            .map(|(p, m)| format!("{p}: {{mode: {m}}}"))
+            .collect();
+        let _ = writeln!(yaml, "  portLevelMtls: {{{}}}", ports.join(", "));
+    }
+    yaml
+}
+
+/// The AuthorizationPolicy `app` allowing only requests from `principals` (e.g.
+/// `cluster.local/ns/default/sa/sleep`) to `app: <app>`.
+pub fn allow_principals(app: &str, principals: &[&str]) -> String {
+    format!(
+        "{}  action: ALLOW\n  rules:\n  - from:\n    - source: {{principals: [{}]}}\n",
+        policy_head(app, app),
+        quoted(principals)
+    )
+}
+
+/// The AuthorizationPolicy `<app>-deny` refusing requests for `paths` to `app: <app>`.
+pub fn deny_paths(app: &str, paths: &[&str]) -> String {
+    format!(
+        "{}  action: DENY\n  rules:\n  - to:\n    - operation: {{paths: [{}]}}\n",
+        policy_head(&format!("{app}-deny"), app),
+        quoted(paths)
+    )
+}
+
+fn policy_head(name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\n\
+         kind: AuthorizationPolicy\n\
+         metadata: {{name: {name}, namespace: default}}\n\
+         spec:\n  selector: {{matchLabels: {{app: {app}}}}}\n"
+    )
+}
+
+/// The VirtualService `app` routing `host` to itself with `retries: {attempts, retryOn}`.
+pub fn retries(app: &str, host: &str, attempts: u32, retry_on: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\n\
+         kind: VirtualService\n\
+         metadata: {{name: {app}, namespace: default}}\n\
+         spec:\n  hosts: [{host}]\n  http:\n  \
+         - retries: {{attempts: {attempts}, retryOn: {retry_on}}}\n    \
+         route: [{{destination: {{host: {host}}}}}]\n"
+    )
+}
+
+fn quoted(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|i| format!("{i:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -15,6 +15,10 @@ use anyhow::{Context, Result, anyhow};
 use crate::agent::{SdsAgent, workload_bootstrap};
 use crate::controlplane::Straitd;
 use crate::envoy::{Envoy, IstioMeta, Node, XdsMode, add_sds_cluster, xds_bootstrap};
+use crate::fixtures::{
+    Port, allow_principals, peer_authentication, service_entry, sidecar_egress, sidecar_ingress,
+    workload_entry, yaml_docs,
+};
 use crate::process::{self, Child};
 use crate::upstream::{EchoServer, http_request};
 use crate::wait::{eventually, give_up};
@@ -274,79 +278,17 @@ pub fn mtls_config(
     server: IpAddr,
     app: SocketAddr,
 ) -> String {
-    let (host, port, proto) = (HTTPBIN, HTTPBIN_PORT, protocol.as_str());
-    let name = proto.to_ascii_lowercase();
-    format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  hosts: [{host}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: {port}, name: {name}, protocol: {proto}}}]
-  workloadSelector: {{labels: {{app: httpbin}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: httpbin-1, namespace: default}}
-spec:
-  address: {server}
-  serviceAccount: httpbin
-  labels: {{app: httpbin, security.istio.io/tlsMode: istio}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: httpbin}}}}
-  ingress:
-  - port: {{number: {port}, protocol: {proto}, name: {name}}}
-    bind: {server}
-    captureMode: NONE
-    defaultEndpoint: {app}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: sleep, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: sleep}}}}
-  egress:
-  - port: {{number: {port}, protocol: {proto}, name: {name}}}
-    bind: {client}
-    captureMode: NONE
-    hosts: ["./*"]
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: intruder, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: intruder}}}}
-  egress:
-  - port: {{number: {port}, protocol: {proto}, name: {name}}}
-    bind: {intruder}
-    captureMode: NONE
-    hosts: ["./*"]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  mtls: {{mode: STRICT}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {{principals: ["cluster.local/ns/default/sa/sleep"]}}
-"#
-    )
+    let name = protocol.as_str().to_ascii_lowercase();
+    let port = Port::new(HTTPBIN_PORT, &name, protocol.as_str());
+    yaml_docs([
+        service_entry("httpbin", HTTPBIN, &[port]),
+        workload_entry("httpbin", server),
+        sidecar_ingress("httpbin", port, server, app),
+        sidecar_egress("sleep", &[port], client),
+        sidecar_egress("intruder", &[port], intruder),
+        peer_authentication("httpbin", "STRICT", &[]),
+        allow_principals("httpbin", &["cluster.local/ns/default/sa/sleep"]),
+    ])
 }
 
 /// The running mTLS mesh.

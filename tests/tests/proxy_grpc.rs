@@ -28,6 +28,10 @@ use strait_proto::federation::federation_client::FederationClient;
 use strait_proto::federation::federation_server::{Federation, FederationServer};
 use strait_proto::federation::{ClusterSnapshot, Service, SubscribeRequest};
 use strait_tests::controlplane::Straitd;
+use strait_tests::fixtures::{
+    Port, allow_principals, peer_authentication, service_entry, sidecar_egress, sidecar_ingress,
+    workload_entry, yaml_docs,
+};
 use strait_tests::mesh::{Sidecar, SidecarKind};
 use strait_tests::upstream::http_request;
 use strait_tests::wait::{PATIENCE, eventually};
@@ -141,66 +145,15 @@ async fn start_app() -> Result<(SocketAddr, JoinHandle<()>)> {
 /// `grpcsvc` (STRICT mTLS, only `sa/grpcclient` allowed) behind its sidecar at `server`, and
 /// the client's explicit egress listener at `client`.
 fn config(client: IpAddr, server: IpAddr, app: SocketAddr) -> String {
-    format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: grpcsvc, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: {PORT}, name: grpc, protocol: GRPC}}]
-  workloadSelector: {{labels: {{app: grpcsvc}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: grpcsvc-1, namespace: default}}
-spec:
-  address: {server}
-  serviceAccount: grpcsvc
-  labels: {{app: grpcsvc, security.istio.io/tlsMode: istio}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: grpcsvc, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: grpcsvc}}}}
-  ingress:
-  - port: {{number: {PORT}, protocol: GRPC, name: grpc}}
-    bind: {server}
-    captureMode: NONE
-    defaultEndpoint: {app}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: grpcclient, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: grpcclient}}}}
-  egress:
-  - port: {{number: {PORT}, protocol: GRPC, name: grpc}}
-    bind: {client}
-    captureMode: NONE
-    hosts: ["./*"]
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: grpcsvc, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: grpcsvc}}}}
-  mtls: {{mode: STRICT}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: grpcsvc, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: grpcsvc}}}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {{principals: ["cluster.local/ns/default/sa/grpcclient"]}}
-"#
-    )
+    let port = Port::new(PORT, "grpc", "GRPC");
+    yaml_docs([
+        service_entry("grpcsvc", HOST, &[port]),
+        workload_entry("grpcsvc", server),
+        sidecar_ingress("grpcsvc", port, server, app),
+        sidecar_egress("grpcclient", &[port], client),
+        peer_authentication("grpcsvc", "STRICT", &[]),
+        allow_principals("grpcsvc", &["cluster.local/ns/default/sa/grpcclient"]),
+    ])
 }
 
 /// A unary call with metadata; Ok(chain, `x-served-by`) or the status.

@@ -48,6 +48,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use strait_tests::bins;
 use strait_tests::envoy::{IstioMeta, Node, XdsMode, add_sds_cluster, envoy_path, xds_bootstrap};
+use strait_tests::fixtures::{
+    Port, allow_principals, peer_authentication, service_entry, sidecar_egress, workload_entry,
+    yaml_docs,
+};
 use strait_tests::mesh::{HTTPBIN, SidecarKind};
 use strait_tests::multinet::{NsSidecar, NsStraitd, Workload};
 use strait_tests::process::{Child, tempdir_for};
@@ -63,6 +67,7 @@ const TCP_PORT: u16 = 9000;
 /// The port `portLevelMtls` singles out.
 const OTHER_PORT: u16 = 8001;
 const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
+const SLEEP_PRINCIPAL: &str = "cluster.local/ns/default/sa/sleep";
 /// The source Istio's inbound clusters bind under capture.
 const INBOUND_SOURCE: &str = "127.0.0.6";
 const TTL: Duration = Duration::from_secs(3600);
@@ -254,75 +259,21 @@ async fn tcp_peer(addr: SocketAddr) -> Result<SocketAddr> {
 }
 
 fn config(pod: IpAddr, client: IpAddr) -> String {
-    format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  hosts: [{HTTPBIN}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports:
-  - {{number: {PORT}, name: http, protocol: HTTP}}
-  - {{number: {OTHER_PORT}, name: http-other, protocol: HTTP}}
-  - {{number: {TCP_PORT}, name: tcp, protocol: TCP}}
-  workloadSelector: {{labels: {{app: httpbin}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: httpbin-1, namespace: default}}
-spec:
-  address: {pod}
-  serviceAccount: httpbin
-  labels: {{app: httpbin, security.istio.io/tlsMode: istio}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: sleep, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: sleep}}}}
-  egress:
-  - port: {{number: {PORT}, protocol: HTTP, name: http}}
-    bind: {client}
-    captureMode: NONE
-    hosts: ["./*"]
-  - port: {{number: {TCP_PORT}, protocol: TCP, name: tcp}}
-    bind: {client}
-    captureMode: NONE
-    hosts: ["./*"]
-{}"#,
-        peer_authentication("STRICT", None)
-    )
+    let (http, tcp) = (
+        Port::new(PORT, "http", "HTTP"),
+        Port::new(TCP_PORT, "tcp", "TCP"),
+    );
+    yaml_docs([
+        service_entry(
+            "httpbin",
+            HTTPBIN,
+            &[http, Port::new(OTHER_PORT, "http-other", "HTTP"), tcp],
+        ),
+        workload_entry("httpbin", pod),
+        sidecar_egress("sleep", &[http, tcp], client),
+        peer_authentication("httpbin", "STRICT", &[]),
+    ])
 }
-
-fn peer_authentication(mode: &str, port_level: Option<(u16, &str)>) -> String {
-    let ports = port_level
-        .map(|(p, m)| format!("  portLevelMtls: {{{p}: {{mode: {m}}}}}\n"))
-        .unwrap_or_default();
-    format!(
-        r#"---
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  mtls: {{mode: {mode}}}
-{ports}"#
-    )
-}
-
-const ALLOW_SLEEP: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: httpbin, namespace: default}
-spec:
-  selector: {matchLabels: {app: httpbin}}
-  action: ALLOW
-  rules:
-  - from:
-    - source: {principals: ["cluster.local/ns/default/sa/sleep"]}
-"#;
 
 /// The server sidecar, with capture, inside `pod`: admin on pod's root-link address.
 enum Server {
@@ -549,8 +500,9 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
 
     // (d) portLevelMtls: 8001 DISABLE under a STRICT workload.
     cp.apply(&peer_authentication(
+        "httpbin",
         "STRICT",
-        Some((OTHER_PORT, "DISABLE")),
+        &[(OTHER_PORT, "DISABLE")],
     ))
     .await?;
     let r = eventually_matches(
@@ -595,7 +547,8 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
     .with_context(logs)?;
 
     // (c) DISABLE: plaintext served on 8000.
-    cp.apply(&peer_authentication("DISABLE", None)).await?;
+    cp.apply(&peer_authentication("httpbin", "DISABLE", &[]))
+        .await?;
     let r = eventually_matches(
         &format!("{kind:?} DISABLE: plaintext on 8000"),
         PATIENCE,
@@ -612,7 +565,8 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
     );
 
     // (b) PERMISSIVE: mTLS (with sleep's id) and plaintext on the same port.
-    cp.apply(&peer_authentication("PERMISSIVE", None)).await?;
+    cp.apply(&peer_authentication("httpbin", "PERMISSIVE", &[]))
+        .await?;
     let r = eventually_matches(
         &format!("{kind:?} PERMISSIVE: mTLS on 8000"),
         PATIENCE,
@@ -636,7 +590,8 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
 
     // (e) An AuthorizationPolicy on the captured inbound: sleep's principal allowed, a caller
     // without one (plaintext, still PERMISSIVE) denied with 403 before the app.
-    cp.apply(ALLOW_SLEEP).await?;
+    cp.apply(&allow_principals("httpbin", &[SLEEP_PRINCIPAL]))
+        .await?;
     eventually_matches(
         &format!("{kind:?} AuthorizationPolicy: plaintext denied"),
         PATIENCE,

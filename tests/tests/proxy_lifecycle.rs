@@ -30,6 +30,10 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use strait_tests::agent::workload_bootstrap;
 use strait_tests::controlplane::Straitd;
+use strait_tests::fixtures::{
+    Port, deny_paths, peer_authentication, service_entry, sidecar_ingress, workload_entry,
+    yaml_docs,
+};
 use strait_tests::process::{self, Child};
 use strait_tests::upstream::http_request;
 use strait_tests::wait::{PATIENCE, eventually, give_up};
@@ -124,55 +128,14 @@ impl Drop for GatedApp {
 /// httpbin on the sidecar's address (PERMISSIVE: plaintext accepted), its app behind it, and a
 /// DENY of `/forbidden` (HTTP RBAC, so the sidecar logs "RBAC denied" at debug).
 fn config(sidecar: IpAddr, app: SocketAddr) -> String {
-    format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  hosts: [{HOST}]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{number: {PORT}, name: http, protocol: HTTP}}]
-  workloadSelector: {{labels: {{app: httpbin}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: httpbin-1, namespace: default}}
-spec:
-  address: {sidecar}
-  serviceAccount: httpbin
-  labels: {{app: httpbin, security.istio.io/tlsMode: istio}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  workloadSelector: {{labels: {{app: httpbin}}}}
-  ingress:
-  - port: {{number: {PORT}, protocol: HTTP, name: http}}
-    bind: {sidecar}
-    captureMode: NONE
-    defaultEndpoint: {app}
----
-apiVersion: security.istio.io/v1
-kind: PeerAuthentication
-metadata: {{name: httpbin, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  mtls: {{mode: PERMISSIVE}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: httpbin-deny, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: httpbin}}}}
-  action: DENY
-  rules:
-  - to:
-    - operation: {{paths: ["/forbidden"]}}
-"#
-    )
+    let port = Port::new(PORT, "http", "HTTP");
+    yaml_docs([
+        service_entry("httpbin", HOST, &[port]),
+        workload_entry("httpbin", sidecar),
+        sidecar_ingress("httpbin", port, sidecar, app),
+        peer_authentication("httpbin", "PERMISSIVE", &[]),
+        deny_paths("httpbin", &["/forbidden"]),
+    ])
 }
 
 /// straitd, the app, and a ready `strait-proxy run` for httpbin with `--drain-duration`.

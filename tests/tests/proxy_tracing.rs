@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use strait_tests::controlplane::Straitd;
+use strait_tests::fixtures::{retries, yaml_docs};
 use strait_tests::mesh::{HTTPBIN, HTTPBIN_PORT, Protocol, Sidecar, SidecarKind, mtls_config};
 use strait_tests::upstream::{HttpResponse, http_exchange};
 use strait_tests::{eventually, eventually_matches, ports, process};
@@ -176,12 +177,10 @@ impl Mesh {
         std::mem::forget(store); // lives as long as the test process; removed with /tmp
         let app = TraceApp::start().await?;
         let ips = [0, 1, 2].map(|_| IpAddr::V4(ports::unique_loopback()));
-        let retries = format!(
-            "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\n\
-             metadata: {{name: httpbin, namespace: default}}\nspec:\n  hosts: [{HTTPBIN}]\n  http:\n  \
-             - retries: {{attempts: 3, retryOn: 5xx}}\n    route: [{{destination: {{host: {HTTPBIN}}}}}]\n"
-        );
-        let config = mtls_config(protocol, ips[0], ips[1], ips[2], app.addr) + &retries;
+        let config = yaml_docs([
+            mtls_config(protocol, ips[0], ips[1], ips[2], app.addr),
+            retries("httpbin", HTTPBIN, 3, "5xx"),
+        ]);
         straitd.apply(&config).await?;
         let ttl = Duration::from_secs(3600);
         let mut sidecars = Vec::new();
