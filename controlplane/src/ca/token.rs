@@ -66,6 +66,14 @@
 //! Rotation: a new issuer's verifier takes the old public key with [`TokenVerifier::add_key`]
 //! until the old tokens have expired.
 //!
+//! # Cache
+//!
+//! A verifier remembers the tokens that verified (at most [`cache::DEFAULT_CAPACITY`], least
+//! recently used evicted first), keyed on SHA-256 of the token text, so a token presented again
+//! costs no ES256 verification. A hit re-checks the times against `now` and that the `kid` still
+//! names the key that verified it, so it decides exactly as a fresh verification; adding or
+//! removing a key or changing a setting empties the cache. See [`cache`].
+//!
 //! # What this module leaves to its callers
 //!
 //! A token is a bearer credential for its first issue only (renewal uses the mesh certificate,
@@ -90,6 +98,10 @@ use ring::signature::{
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use strait_proto::identity::{IdentityError, SpiffeId};
+
+use cache::{Digest, Verified, VerifiedTokens};
+
+pub mod cache;
 
 /// The audience a token carries unless asked otherwise: the CA's, as for Kubernetes tokens.
 pub const DEFAULT_AUDIENCE: &str = "istio-ca";
@@ -462,6 +474,7 @@ impl TokenIssuer {
             audience: DEFAULT_AUDIENCE.to_owned(),
             trust_domain: None,
             keys,
+            cache: VerifiedTokens::new(cache::DEFAULT_CAPACITY),
         }
     }
 
@@ -480,13 +493,15 @@ impl TokenIssuer {
     }
 }
 
-/// Checks bootstrap tokens: one issuer, one audience, the keys it trusts by `kid`.
+/// Checks bootstrap tokens: one issuer, one audience, the keys it trusts by `kid`; remembers
+/// the tokens that verified (see the module docs, "Cache"). A clone starts with an empty cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenVerifier {
     issuer: String,
     audience: String,
     trust_domain: Option<String>,
     keys: BTreeMap<String, Vec<u8>>,
+    cache: VerifiedTokens,
 }
 
 impl TokenVerifier {
@@ -497,18 +512,27 @@ impl TokenVerifier {
             audience: audience.into(),
             trust_domain: None,
             keys: BTreeMap::new(),
+            cache: VerifiedTokens::new(cache::DEFAULT_CAPACITY),
         }
     }
 
     /// The same verifier, for tokens meant for `audience`.
     pub fn with_audience(mut self, audience: impl Into<String>) -> Self {
         self.audience = audience.into();
+        self.forget_verified();
         self
     }
 
     /// The same verifier, refusing identities outside `trust_domain`.
     pub fn with_trust_domain(mut self, trust_domain: impl Into<String>) -> Self {
         self.trust_domain = Some(trust_domain.into());
+        self.forget_verified();
+        self
+    }
+
+    /// The same verifier, remembering at most `capacity` verified tokens (0: none).
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.cache = VerifiedTokens::new(capacity);
         self
     }
 
@@ -520,7 +544,21 @@ impl TokenVerifier {
         }
         let kid = key_id(public_key);
         self.keys.insert(kid.clone(), public_key.to_vec());
+        self.forget_verified();
         Ok(kid)
+    }
+
+    /// Stops trusting the key `kid` (e.g. the previous key once its tokens have expired); says
+    /// whether it was trusted. Tokens it signed are refused from now on, cached or not.
+    pub fn remove_key(&mut self, kid: &str) -> bool {
+        let removed = self.keys.remove(kid).is_some();
+        self.forget_verified();
+        removed
+    }
+
+    /// Empties the cache: what it holds was decided under the old settings or keys.
+    fn forget_verified(&mut self) {
+        self.cache = VerifiedTokens::new(self.cache.capacity());
     }
 
     /// The `iss` this verifier accepts.
@@ -534,7 +572,8 @@ impl TokenVerifier {
     }
 
     /// Checks `token` as of `now`, and says whom it names. See the module docs for what is
-    /// refused, in which order.
+    /// refused, in which order; a token that verified before is answered from the cache, with
+    /// the same decision.
     pub fn verify(&self, token: &str, now: SystemTime) -> Result<BootstrapClaims, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::TooLong {
@@ -542,6 +581,29 @@ impl TokenVerifier {
                 max: MAX_TOKEN_LEN,
             });
         }
+        let digest = token_digest(token);
+        if let Some(hit) = self.cache.get(&digest) {
+            // Same bytes, same settings (a change empties the cache): only the clock and the
+            // key set can make a fresh verification decide otherwise.
+            if self.keys.get(&hit.kid) == Some(&hit.key) {
+                return match hit.times.check(now) {
+                    Ok(()) => Ok(hit.claims.clone()),
+                    Err(refused) => {
+                        self.cache.remove(&digest);
+                        Err(refused)
+                    }
+                };
+            }
+            self.cache.remove(&digest);
+        }
+        let verified = self.verify_uncached(token, now)?;
+        let claims = verified.claims.clone();
+        self.cache.insert(digest, verified);
+        Ok(claims)
+    }
+
+    /// The checks of [`TokenVerifier::verify`], all of them, with what a cache entry keeps.
+    fn verify_uncached(&self, token: &str, now: SystemTime) -> Result<Verified, TokenError> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(claims_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -559,7 +621,7 @@ impl TokenVerifier {
         let claims = decode_part(claims_b64, "its claims are not unpadded base64url")?;
         let signature = decode_part(signature_b64, "its signature is not unpadded base64url")?;
 
-        let key = self.check_header(&header)?;
+        let (kid, key) = self.check_header(&header)?;
         if signature.len() != SIGNATURE_LEN {
             return Err(TokenError::SignatureLength {
                 len: signature.len(),
@@ -570,11 +632,17 @@ impl TokenVerifier {
             .verify(signed, &signature)
             .map_err(|_| TokenError::BadSignature)?;
 
-        self.check_claims(&claims, now)
+        let (claims, times) = self.check_claims(&claims, now)?;
+        Ok(Verified {
+            claims,
+            times,
+            kid: kid.to_owned(),
+            key: key.to_vec(),
+        })
     }
 
-    /// Checks the header and returns the public key its `kid` names.
-    fn check_header(&self, header: &[u8]) -> Result<&[u8], TokenError> {
+    /// Checks the header and returns its `kid` and the public key it names.
+    fn check_header(&self, header: &[u8]) -> Result<(&str, &[u8]), TokenError> {
         let members = parse_object(header).ok_or(TokenError::HeaderNotJson)?;
         for (name, _) in &members {
             if let Some(field) = FORBIDDEN_HEADERS.iter().find(|f| **f == name.as_str()) {
@@ -622,13 +690,17 @@ impl TokenVerifier {
             reason: "has no kid",
         })?;
         self.keys
-            .get(kid)
-            .map(Vec::as_slice)
+            .get_key_value(kid)
+            .map(|(kid, key)| (kid.as_str(), key.as_slice()))
             .ok_or(TokenError::UnknownKey)
     }
 
-    /// Checks the (signed) claims.
-    fn check_claims(&self, claims: &[u8], now: SystemTime) -> Result<BootstrapClaims, TokenError> {
+    /// Checks the (signed) claims; returns them with the times a cache hit re-checks.
+    fn check_claims(
+        &self,
+        claims: &[u8],
+        now: SystemTime,
+    ) -> Result<(BootstrapClaims, Times), TokenError> {
         let members = parse_object(claims).ok_or(TokenError::ClaimsNotJson)?;
         let claims = Claims::from_members(&members)?;
 
@@ -639,23 +711,12 @@ impl TokenVerifier {
             return Err(TokenError::WrongAudience);
         }
 
-        let now = unix_secs(now)?;
-        let skew = CLOCK_SKEW.as_secs();
-        if now >= claims.exp.saturating_add(skew) {
-            return Err(TokenError::Expired {
-                ago_secs: now - claims.exp,
-            });
-        }
-        if claims.nbf > now.saturating_add(skew) {
-            return Err(TokenError::NotYetValid {
-                in_secs: claims.nbf - now,
-            });
-        }
-        if claims.iat > now.saturating_add(skew) {
-            return Err(TokenError::IssuedInFuture {
-                in_secs: claims.iat - now,
-            });
-        }
+        let times = Times {
+            iat: claims.iat,
+            nbf: claims.nbf,
+            exp: claims.exp,
+        };
+        times.check(now)?;
         let expires = UNIX_EPOCH
             .checked_add(Duration::from_secs(claims.exp))
             .ok_or(TokenError::BadClaim {
@@ -694,13 +755,53 @@ impl TokenVerifier {
             });
         }
 
-        Ok(BootstrapClaims {
+        let claims = BootstrapClaims {
             identity,
             group: claims.group.map(str::to_owned),
             expires,
             jti: claims.jti.to_owned(),
-        })
+        };
+        Ok((claims, times))
     }
+}
+
+/// A token's `iat`, `nbf` and `exp`, whole seconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Times {
+    iat: u64,
+    nbf: u64,
+    exp: u64,
+}
+
+impl Times {
+    /// The time checks of [`TokenVerifier::verify`], with [`CLOCK_SKEW`] either way.
+    fn check(&self, now: SystemTime) -> Result<(), TokenError> {
+        let now = unix_secs(now)?;
+        let skew = CLOCK_SKEW.as_secs();
+        if now >= self.exp.saturating_add(skew) {
+            return Err(TokenError::Expired {
+                ago_secs: now - self.exp,
+            });
+        }
+        if self.nbf > now.saturating_add(skew) {
+            return Err(TokenError::NotYetValid {
+                in_secs: self.nbf - now,
+            });
+        }
+        if self.iat > now.saturating_add(skew) {
+            return Err(TokenError::IssuedInFuture {
+                in_secs: self.iat - now,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the cache is keyed on: the whole token text, so that no two tokens share an entry.
+fn token_digest(token: &str) -> Digest {
+    let mut out = [0; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    out
 }
 
 /// The claims, typed, borrowed from the parsed object.

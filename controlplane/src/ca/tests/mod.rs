@@ -932,6 +932,43 @@ fn from_dir_refuses_inconsistent_plug_in_files() {
     assert!(err.to_string().contains(ROOT_CERT_FILE), "{err}");
 }
 
+/// Issued leaves are not re-verified one by one: the probe certificate issued at load is what
+/// shows that the signing key and the CA certificate agree. Two CAs with the same name under
+/// one root differ only in their keys; mixed up, they must not start.
+#[test]
+fn a_signing_key_that_does_not_verify_with_the_ca_certificate_is_refused_at_load() {
+    let base = tmp();
+    let root = base.path().join("root");
+    make_root(&root, "mesh", None, false).unwrap();
+    let a = base.path().join("a");
+    let twin = base.path().join("twin");
+    make_intermediate(&root, "a", &a, None, false).unwrap();
+    make_intermediate(&root, "a", &twin, None, false).unwrap();
+
+    // On disk: the twin's key next to a's certificate.
+    let d = base.path().join("mixed");
+    copy_dir(&a, &d);
+    fs::copy(twin.join(CA_KEY_FILE), d.join(CA_KEY_FILE)).unwrap();
+    let err = Signer::from_dir(&d).unwrap_err();
+    assert!(matches!(err, CaError::KeyMismatch { .. }), "{err:?}");
+
+    // In memory, past the file checks: a's certificate and chain, the twin's signing key.
+    let good = Signer::from_dir(&a).unwrap();
+    let Signer { issuer, .. } = Signer::from_dir(&twin).unwrap();
+    let mixed = Signer { issuer, ..good };
+    let key = p256();
+    let chain = mixed.sign(&good_csr(&key), &caller(), None).unwrap();
+    let err = verify_chain(&chain[0], &chain[1..], mixed.root_pem()).unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+    let err = mixed.self_test().unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not verify with the CA certificate's key"),
+        "{err}"
+    );
+    Signer::from_dir(&a).unwrap().self_test().unwrap();
+}
+
 #[test]
 fn from_dir_refuses_a_ca_cert_that_is_not_a_ca() {
     let base = tmp();

@@ -495,7 +495,7 @@ type Expect = fn(&TokenError) -> bool;
 
 #[test]
 fn hostile_tokens_are_refused_each_for_its_reason() {
-    let (_stranger_dir, stranger) = issuer();
+    let (_stranger_dir, stranger) = issuer_named(ISSUER);
     let (dir, issuer) = issuer();
     let (_other_dir, other_issuer) = issuer_named("strait://other");
     let mut verifier = issuer.verifier();
@@ -1167,4 +1167,187 @@ fn write_fuzz_seed_corpus() {
     for (name, token) in seeds {
         std::fs::write(corpus.join(name), token).unwrap();
     }
+}
+
+/// The decision of a verifier that has never seen `token`, as text (errors have no `PartialEq`).
+fn fresh_decision(verifier: &TokenVerifier, token: &str, at: SystemTime) -> String {
+    let fresh = verifier.clone();
+    assert_eq!(fresh.cache.len(), 0);
+    format!("{:?}", fresh.verify(token, at))
+}
+
+#[test]
+fn a_cached_token_is_refused_once_it_expires_as_a_fresh_one_is() {
+    let (_dir, issuer) = issuer();
+    let verifier = issuer.verifier();
+    let token = issuer.issue_at(&request(), TD, now()).unwrap();
+    let claims = verifier.verify(&token, now()).unwrap();
+    assert_eq!(verifier.cache.len(), 1);
+    // A hit gives the same claims.
+    assert_eq!(verifier.verify(&token, now()).unwrap(), claims);
+
+    // The last second allowed, then the first refused; each as a fresh verifier decides.
+    let last = now() + Duration::from_secs(3600 + 59);
+    let first_refused = last + Duration::from_secs(1);
+    for at in [last, first_refused] {
+        assert_eq!(
+            format!("{:?}", verifier.verify(&token, at)),
+            fresh_decision(&verifier, &token, at)
+        );
+    }
+    assert!(matches!(
+        verifier.verify(&token, first_refused),
+        Err(TokenError::Expired { ago_secs: 60 })
+    ));
+    // The expired entry is gone, and the token stays refused.
+    assert_eq!(verifier.cache.len(), 0);
+    assert!(verifier.verify(&token, first_refused).is_err());
+
+    // A clock set back before nbf (with skew): refused from the cache as a fresh verifier does.
+    let token = issuer.issue_at(&request(), TD, now()).unwrap();
+    verifier.verify(&token, now()).unwrap();
+    let early = now() - Duration::from_secs(61);
+    let decision = format!("{:?}", verifier.verify(&token, early));
+    assert!(decision.contains("NotYetValid"), "{decision}");
+    assert_eq!(decision, fresh_decision(&verifier, &token, early));
+}
+
+#[test]
+fn a_cached_token_of_a_removed_key_is_refused() {
+    let (_old_dir, old) = issuer();
+    let (_new_dir, new) = issuer();
+    let mut verifier = new.verifier();
+    verifier.add_key(old.public_key()).unwrap();
+    let old_token = old.issue_at(&request(), TD, now()).unwrap();
+    let new_token = new.issue_at(&request(), TD, now()).unwrap();
+    verifier.verify(&old_token, now()).unwrap();
+    verifier.verify(&new_token, now()).unwrap();
+    assert_eq!(verifier.cache.len(), 2);
+
+    assert!(verifier.remove_key(old.kid()));
+    assert!(!verifier.remove_key(old.kid()));
+    assert!(matches!(
+        verifier.verify(&old_token, now()),
+        Err(TokenError::UnknownKey)
+    ));
+    verifier.verify(&new_token, now()).unwrap();
+
+    // The hit itself checks the key, whatever empties the cache: an entry whose kid no longer
+    // names the key that verified it is not used.
+    let mut verifier = new.verifier();
+    verifier.add_key(old.public_key()).unwrap();
+    verifier.verify(&old_token, now()).unwrap();
+    verifier.keys.remove(old.kid());
+    assert_eq!(verifier.cache.len(), 1);
+    assert!(matches!(
+        verifier.verify(&old_token, now()),
+        Err(TokenError::UnknownKey)
+    ));
+    assert_eq!(verifier.cache.len(), 0);
+    // …and neither is one whose kid now names another key.
+    verifier
+        .keys
+        .insert(old.kid().to_owned(), old.public_key().to_vec());
+    verifier.verify(&old_token, now()).unwrap();
+    verifier
+        .keys
+        .insert(old.kid().to_owned(), new.public_key().to_vec());
+    assert!(matches!(
+        verifier.verify(&old_token, now()),
+        Err(TokenError::BadSignature)
+    ));
+}
+
+#[test]
+fn changing_a_verifier_forgets_what_it_verified() {
+    let (_dir, issuer) = issuer();
+    let (_other_dir, other) = issuer_named("strait://other");
+    let verifier = issuer.verifier();
+    let token = issuer.issue_at(&request(), TD, now()).unwrap();
+    verifier.verify(&token, now()).unwrap();
+
+    let audience = verifier.clone().with_audience("strait-ca");
+    assert!(matches!(
+        audience.verify(&token, now()),
+        Err(TokenError::WrongAudience)
+    ));
+    let mut moved = verifier;
+    moved.add_key(other.public_key()).unwrap();
+    assert_eq!(moved.cache.len(), 0);
+    moved.verify(&token, now()).unwrap();
+    let pinned = moved.with_trust_domain("example.org");
+    assert_eq!(pinned.cache.len(), 0);
+    assert!(matches!(
+        pinned.verify(&token, now()),
+        Err(TokenError::WrongTrustDomain)
+    ));
+}
+
+#[test]
+fn another_token_with_the_same_claims_is_not_taken_for_a_cached_one() {
+    let (_dir, issuer) = issuer();
+    let verifier = issuer.verifier();
+    let header = header(&issuer);
+    let claims = claims();
+    let token = sign(&issuer, &header, &claims);
+    verifier.verify(&token, now()).unwrap();
+
+    // The same header and claims under a signature that is not the key's.
+    let input = signing_input(&token);
+    let mut signature = URL_SAFE_NO_PAD.decode(&token[input.len() + 1..]).unwrap();
+    signature[10] ^= 1;
+    let forged = format!("{input}.{}", URL_SAFE_NO_PAD.encode(&signature));
+    assert!(matches!(
+        verifier.verify(&forged, now()),
+        Err(TokenError::BadSignature)
+    ));
+    // Refusals are not cached; the genuine token still verifies.
+    assert_eq!(verifier.cache.len(), 1);
+    assert!(matches!(
+        verifier.verify(&forged, now()),
+        Err(TokenError::BadSignature)
+    ));
+
+    // The same claims signed again (ECDSA: another signature), and the same claims signed by
+    // a key the verifier does not know: each decided on its own.
+    let again = sign(&issuer, &header, &claims);
+    assert_ne!(again, token);
+    verifier.verify(&again, now()).unwrap();
+    assert_eq!(verifier.cache.len(), 2);
+    let (_stranger_dir, stranger) = issuer_named(ISSUER);
+    let foreign = sign(&stranger, &header, &claims);
+    assert!(matches!(
+        verifier.verify(&foreign, now()),
+        Err(TokenError::BadSignature)
+    ));
+    // The claims' jti is the same in all three: the cache is not keyed on claims.
+    assert_eq!(
+        verifier.verify(&token, now()).unwrap().jti,
+        verifier.verify(&again, now()).unwrap().jti
+    );
+}
+
+#[test]
+fn the_cache_keeps_at_most_its_bound() {
+    let (_dir, issuer) = issuer();
+    assert_eq!(issuer.verifier().cache.capacity(), cache::DEFAULT_CAPACITY);
+    let verifier = issuer.verifier().with_cache_capacity(3);
+    let tokens: Vec<String> = (0..5)
+        .map(|_| issuer.issue_at(&request(), TD, now()).unwrap())
+        .collect();
+    for token in &tokens {
+        verifier.verify(token, now()).unwrap();
+        assert!(verifier.cache.len() <= 3);
+    }
+    // The least recently used went; an evicted token still verifies (afresh).
+    for token in &tokens[2..] {
+        assert!(verifier.cache.get(&token_digest(token)).is_some());
+    }
+    assert!(verifier.cache.get(&token_digest(&tokens[0])).is_none());
+    verifier.verify(&tokens[0], now()).unwrap();
+    assert_eq!(verifier.cache.len(), 3);
+
+    let uncached = issuer.verifier().with_cache_capacity(0);
+    uncached.verify(&tokens[0], now()).unwrap();
+    assert_eq!(uncached.cache.len(), 0);
 }
