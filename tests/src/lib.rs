@@ -14,6 +14,7 @@
 //! - [`recorder`]: an application that records every request target it receives;
 //! - [`raw`]: raw HTTP/1.1 bytes on a socket, for malformed and unnormalised requests;
 //! - [`h2raw`]: HTTP/2 frames written by hand on h2c, for what no client library sends;
+//! - [`telemetry`]: what a sidecar reports: Istio's metrics scraped from it, its access events;
 //! - [`loadgen`]: an open-loop load generator (latency from the intended send time) and its echo app;
 //! - [`topology`]: networks on one machine from network namespaces (hosts, gateways, a wan).
 
@@ -30,6 +31,7 @@ pub mod ports;
 pub mod process;
 pub mod raw;
 pub mod recorder;
+pub mod telemetry;
 pub mod topology;
 pub mod upstream;
 pub mod wait;

@@ -33,7 +33,7 @@ use strait_tests::fixtures::{
     workload_entry, yaml_docs,
 };
 use strait_tests::mesh::{Sidecar, SidecarKind};
-use strait_tests::upstream::http_request;
+use strait_tests::telemetry::scrape;
 use strait_tests::wait::{PATIENCE, eventually};
 use strait_tests::{ports, process};
 use tokio::net::TcpListener;
@@ -286,16 +286,15 @@ async fn grpc_scenario(kind: SidecarKind) -> Result<()> {
         // Istio's request_protocol for gRPC, as the destination reports it.
         let metrics = SocketAddr::new(server_ip, 15090);
         let seen = eventually("istio_requests_total for grpc", PATIENCE, || async move {
-            let r = http_request(metrics, "GET", "metrics", "/stats/prometheus").await?;
-            r.body
-                .lines()
+            let text = scrape(metrics).await?;
+            text.lines()
                 .find(|l| {
                     l.starts_with("istio_requests_total{")
                         && l.contains("request_protocol=\"grpc\"")
                         && l.contains("reporter=\"destination\"")
                 })
                 .map(str::to_owned)
-                .ok_or_else(|| anyhow!("no gRPC request counted:\n{}", r.body))
+                .ok_or_else(|| anyhow!("no gRPC request counted:\n{text}"))
         })
         .await;
         seen.with_context(logs)?;

@@ -35,6 +35,7 @@ use strait_tests::fixtures::{
     yaml_docs,
 };
 use strait_tests::process::{self, Child};
+use strait_tests::telemetry::scrape;
 use strait_tests::upstream::http_request;
 use strait_tests::wait::{PATIENCE, eventually, give_up};
 use strait_tests::{bins, ports};
@@ -393,8 +394,9 @@ async fn sigterm_drains_in_flight_then_exits() -> Result<()> {
     f.sidecar.with_log(refused)?;
     // Still draining: the request is held, metrics answer.
     f.sidecar.ensure_running()?;
-    let m = http_request(f.metrics(), "GET", "metrics", "/stats/prometheus").await?;
-    ensure!(m.status == 200, "metrics while draining: {}", m.status);
+    scrape(f.metrics())
+        .await
+        .context("metrics while draining")?;
 
     f.app.open();
     let reply = slow.await??;

@@ -14,8 +14,9 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use strait_proxy::telemetry::peer::Exchange;
 use strait_proxy::xds::NodeInfo;
-use strait_tests::mesh::{HTTPBIN, Protocol, SidecarKind, mtls_mesh};
-use strait_tests::upstream::{http_exchange, http_get, http_request};
+use strait_tests::mesh::{HTTPBIN, MtlsMesh, Protocol, SidecarKind, mtls_mesh};
+use strait_tests::telemetry::{access_events, scrape, sum, wait_for_metric};
+use strait_tests::upstream::{HttpResponse, http_exchange, http_get, http_request};
 use strait_tests::{eventually, eventually_matches};
 
 const SLEEP: &str = "spiffe://cluster.local/ns/default/sa/sleep";
@@ -38,126 +39,67 @@ fn forged_metadata() -> Result<String> {
     Ok(x.metadata().to_str()?.to_owned())
 }
 
-/// The sum of `metric`'s samples whose labels include all of `labels`.
-fn sum(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter_map(|l| l.strip_prefix(metric)?.strip_prefix('{'))
-        .filter_map(|l| l.rsplit_once("} "))
-        .filter(|(set, _)| {
-            labels
-                .iter()
-                .all(|(k, v)| set.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
-        .sum()
-}
-
-/// The access events (target `access`) of a log that contain every one of `fields`, without
-/// terminal colours.
-fn access_events(log: &str, fields: &[&str]) -> Vec<String> {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ … final byte in @–~.
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-        .lines()
-        .filter(|l| l.contains(" access: ") && fields.iter().all(|f| l.contains(f)))
-        .map(str::to_string)
-        .collect()
-}
-
-async fn scrape(addr: SocketAddr) -> Result<String> {
-    let r = http_request(addr, "GET", "metrics", "/stats/prometheus").await?;
-    ensure!(r.status == 200, "{addr}/stats/prometheus: {}", r.status);
-    Ok(r.body)
-}
-
-/// Waits until `addr`'s `metric` with `labels` reaches `at_least`; returns the exposition.
-async fn wait_for(
-    addr: SocketAddr,
-    metric: &str,
-    labels: &[(&str, &str)],
-    at_least: f64,
-) -> Result<String> {
-    eventually(
-        &format!("{metric}{labels:?} ≥ {at_least} on {addr}"),
-        Duration::from_secs(30),
-        || async move {
-            let text = scrape(addr).await?;
-            let n = sum(&text, metric, labels);
-            if n >= at_least {
-                Ok(text)
-            } else {
-                bail!("{n}:\n{text}")
-            }
-        },
-    )
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn strait_sidecars_report_istio_metrics() -> Result<()> {
-    let m = mtls_mesh(
-        SidecarKind::Strait,
-        Protocol::Http,
-        Duration::from_secs(3600),
-    )
-    .await?;
+/// The mTLS mesh of strait-proxy sidecars for `protocol`, once sleep reaches httpbin.
+async fn ready_mesh(protocol: Protocol) -> Result<MtlsMesh> {
+    let m = mtls_mesh(SidecarKind::Strait, protocol, Duration::from_secs(3600)).await?;
     let first = eventually_matches(
-        "sleep → httpbin over mTLS",
+        &format!("sleep → httpbin over mTLS ({protocol:?})"),
         Duration::from_secs(30),
         || http_get(m.client(), HTTPBIN, "/"),
         |r| r.0 == 200,
     )
     .await;
     first.with_context(|| m.logs())?;
-    for i in 0..N as u32 {
-        let r = http_request(m.client(), "GET", HTTPBIN, &format!("/{i}")).await?;
-        ensure!(r.status == 200, "request {i}: {} {}", r.status, r.body);
-        // The metadata exchange stays between the sidecars: neither app sees it.
-        for h in [PEER_METADATA, PEER_METADATA_ID] {
+    Ok(m)
+}
+
+/// `GET path` from sleep's app with another workload's metadata exchange headers.
+async fn get_forged(m: &MtlsMesh, path: &str, forged: &str) -> Result<HttpResponse> {
+    http_exchange(
+        m.client(),
+        "GET",
+        HTTPBIN,
+        path,
+        &[(PEER_METADATA, forged), (PEER_METADATA_ID, FORGED_ID)],
+        Bytes::new(),
+    )
+    .await
+}
+
+/// The metadata exchange stays between the sidecars: httpbin's app never sees its headers,
+/// nor does sleep's app in `response` (when given).
+fn exchange_unseen(m: &MtlsMesh, response: Option<&HttpResponse>) -> Result<()> {
+    for h in [PEER_METADATA, PEER_METADATA_ID] {
+        if let Some(r) = response {
             ensure!(
                 r.header(h).is_none(),
                 "sleep's app got {h}: {:?}",
                 r.headers
             );
-            ensure!(
-                m.app.last_header(h).is_none(),
-                "httpbin's app got {h}: {:?}",
-                m.app.last_header(h)
-            );
         }
+        ensure!(
+            m.app.last_header(h).is_none(),
+            "httpbin's app got {h}: {:?}",
+            m.app.last_header(h)
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strait_sidecars_report_istio_metrics() -> Result<()> {
+    let m = ready_mesh(Protocol::Http).await?;
+    for i in 0..N as u32 {
+        let r = http_request(m.client(), "GET", HTTPBIN, &format!("/{i}")).await?;
+        ensure!(r.status == 200, "request {i}: {} {}", r.status, r.body);
+        exchange_unseen(&m, Some(&r))?;
     }
     // sleep's app forges another workload's metadata: its sidecar replaces it with its own.
     let forged = forged_metadata()?;
     for i in 0..FORGED as u32 {
-        let r = http_exchange(
-            m.client(),
-            "GET",
-            HTTPBIN,
-            &format!("/forged/{i}"),
-            &[(PEER_METADATA, &forged), (PEER_METADATA_ID, FORGED_ID)],
-            Bytes::new(),
-        )
-        .await?;
+        let r = get_forged(&m, &format!("/forged/{i}"), &forged).await?;
         ensure!(r.status == 200, "forged {i}: {} {}", r.status, r.body);
-        for h in [PEER_METADATA, PEER_METADATA_ID] {
-            ensure!(
-                m.app.last_header(h).is_none(),
-                "httpbin's app got {h}: {:?}",
-                m.app.last_header(h)
-            );
-        }
+        exchange_unseen(&m, None)?;
     }
     let (status, body) = http_get(m.intruder(), HTTPBIN, "/").await?;
     ensure!(status == 403, "the intruder got {status} {body}");
@@ -185,7 +127,7 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
         ("request_protocol", "http"),
         ("response_code", "200"),
     ];
-    let text = wait_for(sleep, "istio_requests_total", &outbound, N + FORGED)
+    let text = wait_for_metric(sleep, "istio_requests_total", &outbound, N + FORGED)
         .await
         .with_context(|| m.logs())?;
     for histogram in [
@@ -221,7 +163,7 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
         ("connection_security_policy", "mutual_tls"),
         ("response_code", "200"),
     ];
-    let text = wait_for(httpbin, "istio_requests_total", &inbound, N + FORGED)
+    let text = wait_for_metric(httpbin, "istio_requests_total", &inbound, N + FORGED)
         .await
         .with_context(|| m.logs())?;
     ensure!(!text.contains("forged"), "{text}");
@@ -233,7 +175,7 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
         ("connection_security_policy", "mutual_tls"),
         ("response_code", "403"),
     ];
-    wait_for(httpbin, "istio_requests_total", &denied, 1.0)
+    wait_for_metric(httpbin, "istio_requests_total", &denied, 1.0)
         .await
         .with_context(|| m.logs())?;
     // One access event per request on each side: sleep's names the upstream cluster,
@@ -287,44 +229,12 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
 /// The metadata exchange between sidecars speaking HTTP/2 to each other (and to the app).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strait_sidecars_exchange_metadata_over_http2() -> Result<()> {
-    let m = mtls_mesh(
-        SidecarKind::Strait,
-        Protocol::Http2,
-        Duration::from_secs(3600),
-    )
-    .await?;
-    let first = eventually_matches(
-        "sleep → httpbin over mTLS (HTTP/2)",
-        Duration::from_secs(30),
-        || http_get(m.client(), HTTPBIN, "/"),
-        |r| r.0 == 200,
-    )
-    .await;
-    first.with_context(|| m.logs())?;
+    let m = ready_mesh(Protocol::Http2).await?;
     let forged = forged_metadata()?;
     for i in 0..N as u32 {
-        let r = http_exchange(
-            m.client(),
-            "GET",
-            HTTPBIN,
-            &format!("/{i}"),
-            &[(PEER_METADATA, &forged), (PEER_METADATA_ID, FORGED_ID)],
-            Bytes::new(),
-        )
-        .await?;
+        let r = get_forged(&m, &format!("/{i}"), &forged).await?;
         ensure!(r.status == 200, "request {i}: {} {}", r.status, r.body);
-        for h in [PEER_METADATA, PEER_METADATA_ID] {
-            ensure!(
-                r.header(h).is_none(),
-                "sleep's app got {h}: {:?}",
-                r.headers
-            );
-            ensure!(
-                m.app.last_header(h).is_none(),
-                "httpbin's app got {h}: {:?}",
-                m.app.last_header(h)
-            );
-        }
+        exchange_unseen(&m, Some(&r))?;
     }
     let outbound = [
         ("reporter", "source"),
@@ -334,7 +244,7 @@ async fn strait_sidecars_exchange_metadata_over_http2() -> Result<()> {
         ("destination_cluster", "cluster1"),
         ("response_code", "200"),
     ];
-    let text = wait_for(
+    let text = wait_for_metric(
         SocketAddr::new(m.ips[0], 15090),
         "istio_requests_total",
         &outbound,
@@ -352,7 +262,7 @@ async fn strait_sidecars_exchange_metadata_over_http2() -> Result<()> {
         ("destination_workload", "httpbin"),
         ("response_code", "200"),
     ];
-    let text = wait_for(
+    let text = wait_for_metric(
         SocketAddr::new(m.ips[2], 15020),
         "istio_requests_total",
         &inbound,
@@ -366,20 +276,7 @@ async fn strait_sidecars_exchange_metadata_over_http2() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strait_sidecars_report_istio_tcp_metrics() -> Result<()> {
-    let m = mtls_mesh(
-        SidecarKind::Strait,
-        Protocol::Tcp,
-        Duration::from_secs(3600),
-    )
-    .await?;
-    let first = eventually_matches(
-        "sleep → httpbin over mTLS (TCP)",
-        Duration::from_secs(30),
-        || http_get(m.client(), HTTPBIN, "/"),
-        |r| r.0 == 200,
-    )
-    .await;
-    first.with_context(|| m.logs())?;
+    let m = ready_mesh(Protocol::Tcp).await?;
     for i in 0..N as u32 {
         let (status, body) = http_get(m.client(), HTTPBIN, &format!("/{i}")).await?;
         ensure!(status == 200, "connection {i}: {status} {body}");
@@ -396,7 +293,7 @@ async fn strait_sidecars_report_istio_tcp_metrics() -> Result<()> {
         "istio_tcp_connections_opened_total",
         "istio_tcp_connections_closed_total",
     ] {
-        wait_for(sleep, metric, &outbound, N)
+        wait_for_metric(sleep, metric, &outbound, N)
             .await
             .with_context(|| m.logs())?;
     }
@@ -405,7 +302,7 @@ async fn strait_sidecars_report_istio_tcp_metrics() -> Result<()> {
         "istio_tcp_received_bytes_total",
         "istio_tcp_sent_bytes_total",
     ] {
-        wait_for(sleep, metric, &outbound, N * 10.0)
+        wait_for_metric(sleep, metric, &outbound, N * 10.0)
             .await
             .with_context(|| m.logs())?;
     }
@@ -420,7 +317,7 @@ async fn strait_sidecars_report_istio_tcp_metrics() -> Result<()> {
         ("request_protocol", "tcp"),
     ];
     let httpbin = SocketAddr::new(m.ips[2], 15020);
-    wait_for(httpbin, "istio_tcp_connections_closed_total", &inbound, N)
+    wait_for_metric(httpbin, "istio_tcp_connections_closed_total", &inbound, N)
         .await
         .with_context(|| m.logs())?;
     for s in &m.sidecars {

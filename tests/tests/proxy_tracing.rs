@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use strait_tests::controlplane::Straitd;
 use strait_tests::fixtures::{retries, yaml_docs};
 use strait_tests::mesh::{HTTPBIN, HTTPBIN_PORT, Protocol, Sidecar, SidecarKind, mtls_config};
+use strait_tests::telemetry::access_events;
 use strait_tests::upstream::{HttpResponse, http_exchange};
 use strait_tests::{eventually, eventually_matches, ports, process};
 use tokio::net::TcpListener;
@@ -237,29 +238,6 @@ fn is_uuid(s: &str) -> bool {
             .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// strait-proxy's access events (target `access`) in a log, without terminal colours.
-fn access_events(log: &str) -> Vec<String> {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ … final byte in @–~.
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-        .lines()
-        .filter(|l| l.contains(" access: "))
-        .map(str::to_string)
-        .collect()
-}
-
 async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
     let m = Mesh::start(kind, protocol).await?;
     let first = eventually_matches(
@@ -375,7 +353,7 @@ async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
             Duration::from_secs(10),
             || async move {
                 for (side, s) in [("sleep", sleep), ("httpbin", httpbin)] {
-                    let events = access_events(&s.log_tail(200));
+                    let events = access_events(&s.log_tail(200), &[]);
                     for (path, id) in [("/trace", REQUEST_ID), ("/generated", generated)] {
                         let wanted = [
                             format!("path=\"{path}\""),
