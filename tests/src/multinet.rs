@@ -129,12 +129,17 @@ impl<'t> NsStraitd<'t> {
     /// A bootstrap token for `spiffe://cluster.local/ns/default/sa/<sa>` and the mesh root, as
     /// [`workload_bootstrap`](crate::agent::workload_bootstrap) makes them.
     pub async fn bootstrap(&self, sa: &str) -> Result<WorkloadBootstrap> {
+        self.bootstrap_in("default", sa).await
+    }
+
+    /// [`NsStraitd::bootstrap`] for `spiffe://cluster.local/ns/<namespace>/sa/<sa>`.
+    pub async fn bootstrap_in(&self, namespace: &str, sa: &str) -> Result<WorkloadBootstrap> {
         let token = self
             .ctl(&[
                 "token",
                 "create",
                 "-n",
-                "default",
+                namespace,
                 "--service-account",
                 sa,
                 "--ttl",
@@ -143,7 +148,7 @@ impl<'t> NsStraitd<'t> {
             .await?;
         let root = http_request(self.straitd.http(), "GET", "straitd", "/api/v1/ca/root").await?;
         ensure!(root.status == 200, "GET /api/v1/ca/root: {}", root.status);
-        let dir = tempdir_for(&format!("workload-{sa}"))?;
+        let dir = tempdir_for(&format!("workload-{namespace}-{sa}"))?;
         let (token_path, root_path) = (dir.path().join("token"), dir.path().join("root-cert.pem"));
         std::fs::write(&token_path, token.trim())?;
         std::fs::write(&root_path, root.body)?;
@@ -384,13 +389,22 @@ pub enum GatewayKind {
     Strait,
 }
 
+/// Istio's east-west gateway identity (namespace `istio-system`, service account
+/// `istio-eastwestgateway`), which `strait-gateway` gets from straitd's CA.
+pub const GATEWAY_IDENTITY: &str =
+    "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway";
+
 /// Starts `kind` as `gateway`'s east-west gateway for `network`, its 15443 listener on the
-/// gateway's wan address, xDS from `control_plane:15010` as the gateway sees it; returns the
-/// process and the node id it presents to straitd (`router~<wan address>~...`). Envoy's node
-/// carries `STRAIT_GATEWAY_BIND` = the wan address (straitd puts the listener there); its admin
-/// API stays on the namespace's loopback. Readiness: straitd's proxy-status (see the test).
-pub fn start_gateway(
+/// gateway's wan address, xDS from `control_plane` as the gateway sees it; returns the process
+/// and the node id it presents to straitd (`router~<wan address>~...`). `strait-gateway` gets
+/// [`GATEWAY_IDENTITY`]'s certificate from straitd's CA (a bootstrap token minted through
+/// `straitctl`) and reads xDS over mutual TLS on 15012 with it; the stock Envoy reads plaintext
+/// xDS on 15010 (it has no SDS agent here). Envoy's node carries `STRAIT_GATEWAY_BIND` = the
+/// wan address (straitd puts the listener there); its admin API stays on the namespace's
+/// loopback. Readiness: straitd's proxy-status (see the test).
+pub async fn start_gateway(
     kind: GatewayKind,
+    straitd: &NsStraitd<'_>,
     gateway: &Host,
     network: &str,
     control_plane: IpAddr,
@@ -410,12 +424,21 @@ pub fn start_gateway(
             Ok((child, node.id))
         }
         GatewayKind::Strait => {
+            let boot = straitd
+                .bootstrap_in(namespace, "istio-eastwestgateway")
+                .await?;
+            let tls = format!("https://{}", SocketAddr::new(control_plane, CA_PORT));
             let child = gateway
                 .command(
                     &format!("strait-gw-{network}"),
                     bins::bin_path("strait-gateway")?,
                 )
-                .args(["--xds", &format!("http://{xds}"), "--network", network])
+                .args(["--xds-address", &tls, "--ca-address", &tls])
+                .arg("--root-cert")
+                .arg(&boot.root)
+                .arg("--token-file")
+                .arg(&boot.token)
+                .args(["--identity", GATEWAY_IDENTITY, "--network", network])
                 .args(["--name", &name, "--namespace", namespace])
                 .args(["--node-ip", &wan.to_string()])
                 .args([
@@ -428,6 +451,7 @@ pub fn start_gateway(
                     &SocketAddr::from((wan, 15090)).to_string(),
                 ])
                 .env("STRAIT_LOG", "info,strait_gateway=debug")
+                .dir(boot.dir)
                 .spawn()?;
             let id = format!("router~{wan}~{name}.{namespace}~{namespace}.svc.cluster.local");
             Ok((child, id))

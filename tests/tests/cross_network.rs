@@ -32,6 +32,9 @@
 //! - The gateway is registered by a WorkloadEntry labelled `topology.istio.io/network: net-b`
 //!   at gw-b's wan address (port 15443); straitd's `router~` config binds the Envoy gateway's
 //!   15443 listener there (`STRAIT_GATEWAY_BIND`) and forwards by SNI to b-server's 8000.
+//!   `strait-gateway` gets Istio's gateway identity (`ns/istio-system/sa/istio-eastwestgateway`)
+//!   from straitd's CA by a bootstrap token and reads xDS over mutual TLS on 15012 with it; the
+//!   stock Envoy gateway reads plaintext xDS on 15010.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -39,7 +42,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use strait_tests::mesh::{HTTPBIN, HTTPBIN_PORT, SidecarKind};
 use strait_tests::multinet::{
-    GATEWAY_PORT, GatewayKind, NsSidecar, NsStraitd, Workload, cross_network_config, start_gateway,
+    GATEWAY_IDENTITY, GATEWAY_PORT, GatewayKind, NsSidecar, NsStraitd, Workload,
+    cross_network_config, start_gateway,
 };
 use strait_tests::topology::Topology;
 use strait_tests::upstream::{EchoServer, http_get};
@@ -98,7 +102,7 @@ async fn cross_network_scenario(kind: SidecarKind, gateway_kind: GatewayKind) ->
     .await?;
 
     // B's gateway, SYNCED (every type it subscribed to, clusters at least) before traffic.
-    let (gw_proc, gw_id) = start_gateway(gateway_kind, gw_b, "net-b", cp_from_b)?;
+    let (gw_proc, gw_id) = start_gateway(gateway_kind, &cp, gw_b, "net-b", cp_from_b).await?;
     let synced = eventually(
         "straitd to show net-b's gateway SYNCED",
         Duration::from_secs(30),
@@ -125,6 +129,21 @@ async fn cross_network_scenario(kind: SidecarKind, gateway_kind: GatewayKind) ->
     )
     .await;
     gw_proc.with_log(synced)?;
+    if gateway_kind == GatewayKind::Strait {
+        // Its routing table came over mutual TLS on 15012 with the certificate straitd's CA
+        // issued it (the only xDS address it was given; straitd checks the certificate's
+        // namespace against the node's).
+        let log = gw_proc.log();
+        let tls_xds = format!("https://{cp_from_b}:15012");
+        ensure!(
+            log.contains("xDS stream up")
+                && log.contains(&tls_xds)
+                && log.contains(GATEWAY_IDENTITY),
+            "strait-gateway's log lacks its xDS stream to {tls_xds} or its identity \
+             {GATEWAY_IDENTITY}:\n{}",
+            gw_proc.log_tail(30)
+        );
+    }
 
     let workload = |host, app, sa, network, control_plane| Workload {
         host,
