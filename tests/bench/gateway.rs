@@ -289,8 +289,10 @@ async fn strait_gateway(
 ) -> Result<(Child, SocketAddr)> {
     let ip = IpAddr::V4(ports::loopback_with_ports(&[15443])?);
     let sni = SocketAddr::new(ip, 15443);
+    // Plaintext xDS, asked for (`--insecure-xds`): the xDS transport is not what is measured,
+    // and the Envoy gateway beside it reads plaintext too.
     let mut b = Child::builder(name, bins::bin_path("strait-gateway")?)
-        .arg("--xds")
+        .args(["--insecure-xds", "--xds-address"])
         .arg(format!("http://{}", straitd.xds()))
         .args(["--network", "n1", "--cluster", "cluster1", "--name", name])
         .arg("--sni-addr")
