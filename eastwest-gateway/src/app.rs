@@ -258,13 +258,16 @@ impl App {
         };
         tasks.spawn(admin::serve(health_listener, admin_state.clone()));
         tasks.spawn(admin::serve(metrics_listener, admin_state));
+        let who = identity
+            .as_ref()
+            .map_or_else(|| "none (plaintext xDS)".to_string(), ToString::to_string);
         tracing::info!(
             sni = %bound.sni,
             control_plane = ?bound.control_plane,
             health = %bound.health,
             metrics = %bound.metrics,
             xds = %config.xds_address,
-            identity = ?identity.as_ref().map(ToString::to_string),
+            identity = %who,
             network = %config.node.network,
             "strait-gateway serving"
         );
