@@ -1,8 +1,11 @@
 //! Listeners: every `config::Listener` with `bind_to_port` is bound and accepted on, and
 //! follows the config watch. A changed listener on the same address takes effect for new
-//! connections while established ones keep the chain they started with; a removed (or moved)
-//! listener stops accepting and drains: HTTP connections finish their requests and close
-//! (GOAWAY / `Connection: close`), the rest get [`DRAIN_TIMEOUT`] before they are cut.
+//! connections; its established HTTP connections drain (in-flight requests finish, then GOAWAY /
+//! `Connection: close`), so a revoked HTTP permission does not live on in pooled connections,
+//! while TCP connections keep the chain they started with (Envoy cuts those at the end of its
+//! drain time; we do not yet). A removed (or moved) listener stops accepting and drains: HTTP
+//! connections finish their requests and close, the rest get [`DRAIN_TIMEOUT`] before they are
+//! cut.
 //!
 //! Termination ([`Listeners::drain`], on SIGTERM) is the same drain, applied the way Istio's
 //! agent drains a sidecar (`drain_listeners?inboundonly&graceful`, then `terminationDrainDuration`):
