@@ -1,6 +1,8 @@
 //! An application that records every request it receives (method, target as received, header
-//! count), for tests that must prove what never reached it: an authorization bypass, a
-//! smuggled second request. HTTP/1.1 and h2c; answers `200 recorder`.
+//! fields, the peer), for tests that must prove what reached it and what never did: an
+//! authorization bypass, a smuggled second request, the headers a proxy added or kept.
+//! HTTP/1.1 and h2c; answers `200 recorder`, or what the test's [`Answerer`] makes of the
+//! request.
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -28,31 +30,104 @@ pub struct Seen {
     pub headers: usize,
     /// Its body's length in bytes.
     pub body: usize,
+    /// The header fields, names lowercase, in order received.
+    pub fields: Vec<(String, String)>,
+    /// The connection's peer (a proxy's upstream source address).
+    pub peer: SocketAddr,
 }
+
+impl Seen {
+    /// The target's path, without the query.
+    pub fn path(&self) -> &str {
+        self.target.split('?').next().unwrap_or_default()
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The response to a recorded request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// Its status code.
+    pub status: u16,
+    /// Header fields to send.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// `200` with `body` and no extra headers.
+    pub fn ok(body: impl Into<Bytes>) -> Answer {
+        Answer {
+            status: 200,
+            headers: Vec::new(),
+            body: body.into(),
+        }
+    }
+}
+
+/// Makes the answer to a request from it and the requests recorded before it (held under the
+/// recorder's lock, so concurrent requests see each other in one order).
+pub type Answerer = Arc<dyn Fn(&Seen, &[Seen]) -> Answer + Send + Sync>;
 
 /// A running recorder; stops (with its connections) when dropped.
 #[derive(Debug)]
 pub struct Recorder {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Recorder {
-    /// Starts a recorder on a free port of 127.0.0.1.
+    /// Starts a recorder answering `200 recorder` on a free port of 127.0.0.1.
     pub async fn start() -> Result<Recorder> {
+        Self::start_answering(Arc::new(|_: &Seen, _: &[Seen]| Answer::ok("recorder"))).await
+    }
+
+    /// Starts a recorder on a free port of 127.0.0.1 whose answers `answer` makes.
+    pub async fn start_answering(answer: Answerer) -> Result<Recorder> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .context("recorder: binding 127.0.0.1:0")?;
-        let addr = listener.local_addr()?;
+        Self::serve(vec![listener], answer)
+    }
+
+    /// A recorder on listeners made elsewhere (e.g. inside a network namespace), all recording
+    /// into one list; [`Recorder::addr`] is the first's address.
+    pub fn serve(listeners: Vec<TcpListener>, answer: Answerer) -> Result<Recorder> {
+        let first = listeners.first().context("recorder: no listener")?;
+        let addr = first
+            .local_addr()
+            .context("recorder: its listener's address")?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn(serve(listener, seen.clone()));
-        Ok(Recorder { addr, seen, task })
+        let tasks = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(serve(l, seen.clone(), answer.clone())))
+            .collect();
+        Ok(Recorder { addr, seen, tasks })
     }
 
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The requests received for `path` (the target without its query), in order.
+    pub fn seen_at(&self, path: &str) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|s| s.path() == path)
+            .cloned()
+            .collect()
     }
 
     /// Every request received so far, in order.
@@ -74,28 +149,31 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        self.task.abort();
+        // Each accept loop owns a JoinSet of its connections: aborting it ends them all.
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }
 
-async fn serve(listener: TcpListener, seen: Arc<Mutex<Vec<Seen>>>) {
+async fn serve(listener: TcpListener, seen: Arc<Mutex<Vec<Seen>>>, answer: Answerer) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     // Out of descriptors or similar: back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                let seen = seen.clone();
+                let (seen, answer) = (seen.clone(), answer.clone());
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let seen = seen.clone();
+                    let (seen, answer) = (seen.clone(), answer.clone());
                     async move {
                         let (parts, body) = req.into_parts();
                         // The body counts too: a smuggled request would hide in it.
                         let body = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-                        seen.lock().unwrap_or_else(PoisonError::into_inner).push(Seen {
+                        let this = Seen {
                             method: parts.method.to_string(),
                             target: parts
                                 .uri
@@ -103,10 +181,23 @@ async fn serve(listener: TcpListener, seen: Arc<Mutex<Vec<Seen>>>) {
                                 .map_or_else(|| parts.uri.to_string(), |p| p.to_string()),
                             headers: parts.headers.len(),
                             body,
-                        });
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
-                            b"recorder",
-                        ))))
+                            fields: parts
+                                .headers
+                                .iter()
+                                .map(|(n, v)| {
+                                    (
+                                        n.as_str().to_owned(),
+                                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                    )
+                                })
+                                .collect(),
+                            peer,
+                        };
+                        let mut all = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                        let a = answer(&this, &all);
+                        all.push(this);
+                        drop(all);
+                        Ok::<_, Infallible>(respond(a))
                     }
                 });
                 conns.spawn(async move {
@@ -123,4 +214,20 @@ async fn serve(listener: TcpListener, seen: Arc<Mutex<Vec<Seen>>>) {
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+}
+
+/// The response for `answer`; one the test made wrongly (an invalid status or header) is a
+/// 500 naming the problem, so the test's assertions on the response report it.
+fn respond(answer: Answer) -> Response<Full<Bytes>> {
+    let mut response = Response::builder().status(answer.status);
+    for (n, v) in &answer.headers {
+        response = response.header(n.as_str(), v.as_str());
+    }
+    response.body(Full::new(answer.body)).unwrap_or_else(|e| {
+        let mut refused = Response::new(Full::new(Bytes::from(format!(
+            "recorder: invalid answer: {e}"
+        ))));
+        *refused.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+        refused
+    })
 }

@@ -28,23 +28,15 @@
 //!
 //! Needs root and iptables (`tests/run` installs it); fails, never skips, without them.
 
-use std::convert::Infallible;
 use std::fs::File;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use strait_tests::bins;
 use strait_tests::envoy::{IstioMeta, Node, XdsMode, add_sds_cluster, envoy_path, xds_bootstrap};
@@ -55,11 +47,11 @@ use strait_tests::fixtures::{
 use strait_tests::mesh::{HTTPBIN, SidecarKind};
 use strait_tests::multinet::{NsSidecar, NsStraitd, Workload};
 use strait_tests::process::{Child, tempdir_for};
+use strait_tests::recorder::{self, Answer, Recorder};
 use strait_tests::topology::{Host, Topology};
 use strait_tests::upstream::{HttpResponse, http_request};
 use strait_tests::wait::{eventually, eventually_matches, give_up};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 const PORT: u16 = 8000;
 /// A TCP port: the app there is `strait-netcheck serve`, whose banner names the peer it saw.
@@ -149,70 +141,28 @@ where
     rx.await.context("the namespace thread died")?
 }
 
-/// The application: HTTP/1.1 and h2c on the given listeners, answering 200 with
-/// `peer=<client ip:port>` and `xfcc=<x-forwarded-client-cert or nothing>`, counting requests.
-struct App {
-    requests: Arc<AtomicU64>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl App {
-    async fn start(pod: &Host, ports: &[u16]) -> Result<App> {
-        let requests = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for &port in ports {
-            let listener = in_netns(pod, async move {
+/// The application: HTTP/1.1 and h2c on `ports` of 0.0.0.0 inside `pod`'s namespace,
+/// answering 200 with `peer=<client ip:port>` and `xfcc=<x-forwarded-client-cert or nothing>`,
+/// recording every request.
+async fn start_app(pod: &Host, ports: &[u16]) -> Result<Recorder> {
+    let mut listeners = Vec::new();
+    for &port in ports {
+        listeners.push(
+            in_netns(pod, async move {
                 TcpListener::bind(("0.0.0.0", port))
                     .await
                     .with_context(|| format!("app: binding 0.0.0.0:{port} in the pod"))
             })
-            .await?;
-            tasks.push(tokio::spawn(serve(listener, requests.clone())));
-        }
-        Ok(App { requests, tasks })
+            .await?,
+        );
     }
-
-    fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-async fn serve(listener: TcpListener, requests: Arc<AtomicU64>) {
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let requests = requests.clone();
-                let service = service_fn(move |req: Request<Incoming>| {
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    let xfcc = req
-                        .headers()
-                        .get("x-forwarded-client-cert")
-                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                        .unwrap_or_default();
-                    let body = format!("peer={peer}\nxfcc={xfcc}\n");
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-                });
-                conns.spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
+    Recorder::serve(
+        listeners,
+        Arc::new(|seen: &recorder::Seen, _: &[recorder::Seen]| {
+            let xfcc = seen.header("x-forwarded-client-cert").unwrap_or_default();
+            Answer::ok(format!("peer={}\nxfcc={xfcc}\n", seen.peer))
+        }),
+    )
 }
 
 /// What the app said of a request it answered.
@@ -427,7 +377,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
     let store = tempdir_for("inbound-store")?;
     let cp = NsStraitd::start(cp_host, "cluster1", "network1", store.path()).await?;
     cp.apply(&config(pod_ip, IpAddr::V4(client_root))).await?;
-    let app = App::start(pod, &[PORT, OTHER_PORT]).await?;
+    let app = start_app(pod, &[PORT, OTHER_PORT]).await?;
     let _tcp_app = pod.serve("tcp-app", TCP_PORT, "peer={peer}")?;
     istio_inbound_iptables(pod).await?;
     let server = Server::start(kind, &cp, pod, cp_ip).await?;
@@ -486,7 +436,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
         "{kind:?} STRICT TCP: the app saw {peer}"
     );
     // Plaintext matches no chain of port 8000: closed, and the app never hears of it.
-    let before = app.requests();
+    let before = app.count();
     let refused = plain(PORT).await;
     ensure!(
         refused.is_err(),
@@ -494,7 +444,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
         refused.map(|r| (r.status, r.body))
     );
     ensure!(
-        app.requests() == before,
+        app.count() == before,
         "{kind:?} STRICT: plaintext reached the app"
     );
 
@@ -524,7 +474,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
         "{kind:?} port-level DISABLE: XFCC on plaintext: {}",
         s.xfcc
     );
-    let before = app.requests();
+    let before = app.count();
     let refused = plain(PORT).await;
     ensure!(
         refused.is_err(),
@@ -532,7 +482,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
         refused.map(|r| (r.status, r.body))
     );
     ensure!(
-        app.requests() == before,
+        app.count() == before,
         "{kind:?} STRICT + 8001 DISABLE: plaintext on 8000 reached the app"
     );
     // Eventually: the listener change drains the server side of sleep's pooled connection,
@@ -600,7 +550,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
     )
     .await
     .with_context(logs)?;
-    let before = app.requests();
+    let before = app.count();
     let r = plain(PORT).await?;
     ensure!(
         r.status == 403 && r.body.contains("RBAC: access denied"),
@@ -609,7 +559,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
         r.body
     );
     ensure!(
-        app.requests() == before,
+        app.count() == before,
         "{kind:?}: a denied request reached the app"
     );
     eventually_matches(

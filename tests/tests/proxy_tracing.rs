@@ -8,24 +8,18 @@
 //! every attempt. strait-proxy's access events carry the trace id on both sides.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use strait_tests::controlplane::Straitd;
 use strait_tests::fixtures::{retries, yaml_docs};
 use strait_tests::mesh::{HTTPBIN, HTTPBIN_PORT, Protocol, Sidecar, SidecarKind, mtls_config};
+use strait_tests::recorder::{Answer, Recorder, Seen};
 use strait_tests::telemetry::access_events;
 use strait_tests::upstream::{HttpResponse, http_exchange};
 use strait_tests::{eventually, eventually_matches, ports, process};
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
 
 /// Trace headers as a client sends them (names as Envoy and Istio document them).
 const TRACE: [(&str, &str); 10] = [
@@ -55,117 +49,37 @@ const REQUEST_ID: &str = "5bd3c9c1-6d0e-4b8e-9a3e-1f2b3c4d5e6f";
 /// Attempts the app fails (503) on each `/flaky/…` path before answering 200.
 const FLAKY_FAILURES: usize = 1;
 
-/// One request as the app received it.
-#[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
+/// The application behind httpbin's sidecar: records every request, answers with the trace
+/// headers it received (so they travel back), and fails the first [`FLAKY_FAILURES`] requests
+/// of each `/flaky/…` path with 503.
+async fn trace_app() -> Result<Recorder> {
+    Recorder::start_answering(Arc::new(|seen: &Seen, earlier: &[Seen]| {
+        let before = earlier.iter().filter(|s| s.path() == seen.path()).count();
+        let status = if seen.path().starts_with("/flaky/") && before < FLAKY_FAILURES {
+            503
+        } else {
+            200
+        };
+        let headers = TRACE
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// The application behind httpbin's sidecar: records every request's headers, answers with
-/// the trace headers it received (so they travel back), and fails the first
-/// [`FLAKY_FAILURES`] requests of each `/flaky/…` path with 503.
-struct TraceApp {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    task: JoinHandle<()>,
-}
-
-impl TraceApp {
-    async fn start() -> Result<TraceApp> {
-        let listener = TcpListener::bind((IpAddr::from([127, 0, 0, 1]), 0)).await?;
-        let addr = listener.local_addr()?;
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let record = seen.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                            continue;
-                        };
-                        let record = record.clone();
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            let seen = Seen {
-                                path: req.uri().path().to_owned(),
-                                headers: req
-                                    .headers()
-                                    .iter()
-                                    .map(|(n, v)| {
-                                        (
-                                            n.as_str().to_owned(),
-                                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                                        )
-                                    })
-                                    .collect(),
-                            };
-                            let mut all = record.lock().unwrap_or_else(PoisonError::into_inner);
-                            let before = all.iter().filter(|s| s.path == seen.path).count();
-                            let status = if seen.path.starts_with("/flaky/") && before < FLAKY_FAILURES {
-                                503
-                            } else {
-                                200
-                            };
-                            let mut response = Response::builder().status(status);
-                            for (name, _) in TRACE.iter().chain([&("x-request-id", "")]) {
-                                if let Some(v) = seen.header(name) {
-                                    response = response.header(*name, v);
-                                }
-                            }
-                            all.push(seen);
-                            let response = response.body(Full::new(Bytes::from_static(b"traced")));
-                            async move { response }
-                        });
-                        conns.spawn(async move {
-                            // HTTP/1.1, or h2c for the HTTP2 port.
-                            let _ = hyper_util::server::conn::auto::Builder::new(
-                                hyper_util::rt::TokioExecutor::new(),
-                            )
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        });
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
-        });
-        Ok(TraceApp { addr, seen, task })
-    }
-
-    /// The requests received for `path`, in order.
-    fn seen(&self, path: &str) -> Vec<Seen> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .filter(|s| s.path == path)
-            .cloned()
-            .collect()
-    }
-}
-
-impl Drop for TraceApp {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+            .map(|(name, _)| *name)
+            .chain(["x-request-id"])
+            .filter_map(|name| Some((name.to_owned(), seen.header(name)?.to_owned())))
+            .collect();
+        Answer {
+            status,
+            headers,
+            body: Bytes::from_static(b"traced"),
+        }
+    }))
+    .await
 }
 
 /// straitd with the mTLS mesh's config and a retry policy on httpbin, the app, and the
 /// sidecars of sleep and httpbin.
 struct Mesh {
     _straitd: Straitd,
-    app: TraceApp,
+    app: Recorder,
     client: SocketAddr,
     /// httpbin's, then sleep's.
     sidecars: Vec<Sidecar>,
@@ -176,10 +90,10 @@ impl Mesh {
         let store = process::tempdir_for("store")?;
         let straitd = Straitd::start("cluster1", "network1", store.path()).await?;
         std::mem::forget(store); // lives as long as the test process; removed with /tmp
-        let app = TraceApp::start().await?;
+        let app = trace_app().await?;
         let ips = [0, 1, 2].map(|_| IpAddr::V4(ports::unique_loopback()));
         let config = yaml_docs([
-            mtls_config(protocol, ips[0], ips[1], ips[2], app.addr),
+            mtls_config(protocol, ips[0], ips[1], ips[2], app.addr()),
             retries("httpbin", HTTPBIN, 3, "5xx"),
         ]);
         straitd.apply(&config).await?;
@@ -259,7 +173,7 @@ async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
         r.status,
         r.body
     );
-    let seen = m.app.seen("/trace");
+    let seen = m.app.seen_at("/trace");
     ensure!(seen.len() == 1, "{kind:?}: the app saw {seen:?}");
     carries_trace(
         &format!("{kind:?} {protocol:?}: the app"),
@@ -280,7 +194,7 @@ async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
         r.status,
         r.body
     );
-    let seen = m.app.seen("/generated");
+    let seen = m.app.seen_at("/generated");
     ensure!(seen.len() == 1, "{kind:?}: the app saw {seen:?}");
     let generated = seen[0]
         .header("x-request-id")
@@ -311,7 +225,7 @@ async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
         r.status,
         r.body
     );
-    let attempts = m.app.seen("/flaky/1");
+    let attempts = m.app.seen_at("/flaky/1");
     ensure!(
         attempts.len() == FLAKY_FAILURES + 1,
         "{kind:?}: {} attempts",
@@ -324,7 +238,7 @@ async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
             true,
         )?;
     }
-    let attempts = m.app.seen("/flaky/2");
+    let attempts = m.app.seen_at("/flaky/2");
     ensure!(
         attempts.len() == FLAKY_FAILURES + 1,
         "{kind:?}: {} attempts",
