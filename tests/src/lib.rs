@@ -6,12 +6,14 @@
 //! - [`controlplane`]: a real `straitd` on its own loopback address, and `straitctl` against it;
 //! - [`wait`]: [`eventually`] and [`assert_eventually!`], waiting on conditions instead of sleeps;
 //! - [`ports`]: free loopback ports and a loopback address per test (Istio's fixed ports side by side);
-//! - [`fixtures`]: shared config, e.g. the kitchen sink of every field straitd accepts;
+//! - [`fixtures`]: shared config: the kitchen sink of every field straitd accepts, and builders
+//!   of the Istio resources the mesh scenarios repeat;
 //! - [`envoy`]: a stock Envoy with an Istio-style bootstrap, and its admin API;
 //! - [`mesh`]: a small mTLS mesh whose sidecars are stock Envoys or strait-proxy (conformance);
 //! - [`multinet`]: a two-network mesh inside a topology (straitd, sidecars, gateway in namespaces);
 //! - [`upstream`]: an HTTP echo server and a one-shot HTTP client;
-//! - [`recorder`]: an application that records every request target it receives;
+//! - [`recorder`]: an application that records every request it receives (target, headers,
+//!   peer) and answers as the test says;
 //! - [`raw`]: raw HTTP/1.1 bytes on a socket, for malformed and unnormalised requests;
 //! - [`h2raw`]: HTTP/2 frames written by hand on h2c, for what no client library sends;
 //! - [`telemetry`]: what a sidecar reports: Istio's metrics scraped from it, its access events;
