@@ -9,7 +9,8 @@ use clap::{CommandFactory, Parser};
 use strait_gateway::app::{App, Config, Node};
 use strait_gateway::forward::Mode;
 use strait_proto::identity::SpiffeId;
-use strait_proxy::certs::{CaClientConfig, CertManagerConfig};
+use strait_proxy::certs::CertManagerConfig;
+use strait_proxy::certs::flags::CertFlags;
 
 /// Strait east-west gateway: SNI passthrough between networks (15443) and the control plane's
 /// stable address (15012).
@@ -36,26 +37,16 @@ struct Args {
     /// address when it is `https://`.
     #[arg(long, env = "CA_ADDR")]
     ca_address: Option<String>,
-    /// Name the CA's certificate must carry.
-    #[arg(long, default_value = "istiod.istio-system.svc")]
-    ca_server_name: String,
     /// The mesh root certificate (PEM): the trust anchor for the CA and the xDS server.
     #[arg(long)]
     root_cert: Option<PathBuf>,
-    /// The bootstrap token file (`straitctl token create -n istio-system --service-account
-    /// istio-eastwestgateway`), re-read at each use.
-    #[arg(long)]
-    token_file: Option<PathBuf>,
     /// The gateway's identity; default `spiffe://cluster.local/ns/<namespace>/sa/<name>` with
-    /// Istio's names, `.../ns/istio-system/sa/istio-eastwestgateway`.
+    /// Istio's names, `.../ns/istio-system/sa/istio-eastwestgateway` (its bootstrap token:
+    /// `straitctl token create -n istio-system --service-account istio-eastwestgateway`).
     #[arg(long)]
     identity: Option<SpiffeId>,
-    /// Certificate lifetime to ask for, in seconds (the CA may shorten it).
-    #[arg(long, default_value_t = 24 * 3600)]
-    ttl_seconds: u64,
-    /// Where to keep the current certificate across restarts.
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    certs: CertFlags,
     /// The network this gateway serves (`topology.istio.io/network`).
     #[arg(long, env = "STRAIT_NETWORK")]
     network: String,
@@ -141,13 +132,12 @@ impl Args {
             None => SpiffeId::new("cluster.local", self.namespace.as_str(), self.name.as_str())
                 .map_err(|e| usage(format!("no --identity, and the default from --namespace and --name is not valid: {e}")))?,
         };
-        let mut ca = CaClientConfig::new(ca, root, self.cluster.as_str());
-        ca.server_name = Some(self.ca_server_name.clone());
-        ca.token_file = self.token_file.clone();
-        let mut config = CertManagerConfig::new(ca, identity);
-        config.ttl = Duration::from_secs(self.ttl_seconds);
-        config.cache_dir = self.cache_dir.clone();
-        Ok(Some(config))
+        Ok(Some(self.certs.manager_config(
+            ca,
+            root,
+            identity,
+            self.cluster.as_str(),
+        )))
     }
 }
 

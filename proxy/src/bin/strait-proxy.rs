@@ -20,7 +20,8 @@ use clap::{Parser, Subcommand};
 use strait_proto::identity::SpiffeId;
 use strait_proxy::admin::{Apply, LogLevels};
 use strait_proxy::app::{App, RunConfig};
-use strait_proxy::certs::{CaClientConfig, CertManager, CertManagerConfig, SdsServer};
+use strait_proxy::certs::flags::CertFlags;
+use strait_proxy::certs::{CertManager, CertManagerConfig, SdsServer};
 use strait_proxy::xds::{NodeInfo, XdsConfig};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing_subscriber::layer::SubscriberExt;
@@ -47,24 +48,14 @@ struct CaArgs {
     /// The CA: `https://<host>:15012` (the control plane, or the east-west gateway before it).
     #[arg(long, env = "CA_ADDR", requires_all = ["root_cert", "identity"])]
     ca_address: Option<String>,
-    /// Name the CA's certificate must carry (default: Istio's `istiod.istio-system.svc`).
-    #[arg(long, default_value = "istiod.istio-system.svc")]
-    ca_server_name: String,
     /// The mesh root certificate (PEM), the trust anchor for the CA and for peers.
     #[arg(long, requires = "ca_address")]
     root_cert: Option<PathBuf>,
-    /// The bootstrap token file (re-read at each use, so a rotated token is picked up).
-    #[arg(long)]
-    token_file: Option<PathBuf>,
     /// This workload's identity, `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
     #[arg(long, requires = "ca_address")]
     identity: Option<SpiffeId>,
-    /// Certificate lifetime to ask for, in seconds (the CA may shorten it).
-    #[arg(long, default_value_t = 24 * 3600)]
-    ttl_seconds: u64,
-    /// Where to keep the current certificate across restarts.
-    #[arg(long)]
-    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    certs: CertFlags,
 }
 
 impl CaArgs {
@@ -76,13 +67,7 @@ impl CaArgs {
         else {
             return None;
         };
-        let mut ca = CaClientConfig::new(address, root, cluster);
-        ca.server_name = Some(self.ca_server_name);
-        ca.token_file = self.token_file;
-        let mut config = CertManagerConfig::new(ca, identity);
-        config.ttl = Duration::from_secs(self.ttl_seconds);
-        config.cache_dir = self.cache_dir;
-        Some(config)
+        Some(self.certs.manager_config(address, root, identity, cluster))
     }
 }
 
@@ -110,7 +95,8 @@ struct RunArgs {
     /// Workload labels, `key=value`, repeated (`LABELS`).
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// `INTERCEPTION_MODE`: NONE (explicit listeners; capture is not implemented yet).
+    /// `INTERCEPTION_MODE`: NONE (explicit listeners from `Sidecar` ingress/egress) or REDIRECT
+    /// (iptables capture to 15001 outbound and 15006 inbound, as Istio's istio-iptables).
     #[arg(long, default_value = "NONE")]
     interception_mode: String,
     /// `CLUSTER_ID` (also sent to the CA).

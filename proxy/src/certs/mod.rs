@@ -18,6 +18,7 @@ use strait_proto::identity::SpiffeId;
 mod cache;
 mod chain;
 pub mod client;
+pub mod flags;
 mod keys;
 pub mod manager;
 pub mod sds;
