@@ -190,21 +190,7 @@ impl Sidecar {
                         .env("STRAIT_LOG", "info,strait_proxy=debug")
                         .dir(boot.dir)
                         .spawn()?;
-                let c = &child;
-                let ready = eventually(
-                    &format!("strait-proxy {app} to be ready"),
-                    READY_PATIENCE,
-                    || async move {
-                        c.ensure_running().map_err(give_up)?;
-                        let r = http_request(admin, "GET", "admin", "/ready").await?;
-                        if r.status == 200 {
-                            Ok(())
-                        } else {
-                            Err(anyhow!("/ready: {} {}", r.status, r.body.trim()))
-                        }
-                    },
-                )
-                .await;
+                let ready = wait_admin_ready(&format!("strait-proxy {app}"), &child, admin).await;
                 child.with_log(ready)?;
                 Ok(Sidecar::Strait { child, admin })
             }
@@ -246,6 +232,25 @@ impl Sidecar {
             Sidecar::Strait { child, .. } => child.is_running(),
         }
     }
+}
+
+/// Waits until the proxy `process` (an Envoy or strait-proxy) answers 200 on `/ready` of its
+/// admin API at `admin`; gives up at once if it exits.
+pub async fn wait_admin_ready(what: &str, process: &Child, admin: SocketAddr) -> Result<()> {
+    eventually(
+        &format!("{what} to be ready"),
+        READY_PATIENCE,
+        || async move {
+            process.ensure_running().map_err(give_up)?;
+            let r = http_request(admin, "GET", "localhost", "/ready").await?;
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(anyhow!("/ready: {} {}", r.status, r.body.trim()))
+            }
+        },
+    )
+    .await
 }
 
 /// The application protocol of the mTLS mesh's service port.

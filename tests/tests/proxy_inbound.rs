@@ -36,7 +36,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
 use strait_tests::bins;
 use strait_tests::envoy::{IstioMeta, Node, XdsMode, add_sds_cluster, envoy_path, xds_bootstrap};
@@ -44,7 +44,7 @@ use strait_tests::fixtures::{
     Port, allow_principals, peer_authentication, service_entry, sidecar_egress, workload_entry,
     yaml_docs,
 };
-use strait_tests::mesh::{HTTPBIN, SidecarKind};
+use strait_tests::mesh::{HTTPBIN, SidecarKind, wait_admin_ready};
 use strait_tests::multinet::{NsSidecar, NsStraitd, Workload};
 use strait_tests::process::{Child, tempdir_for};
 use strait_tests::recorder::{self, Answer, Recorder};
@@ -334,20 +334,7 @@ impl Server {
             Server::Envoy { envoy, .. } => envoy,
             Server::Strait { child } => child,
         };
-        let ready = eventually(
-            "the captured sidecar to be ready",
-            PATIENCE,
-            || async move {
-                process.ensure_running().map_err(give_up)?;
-                let r = http_request(admin, "GET", "localhost", "/ready").await?;
-                if r.status == 200 {
-                    Ok(())
-                } else {
-                    Err(anyhow!("/ready: {} {}", r.status, r.body.trim()))
-                }
-            },
-        )
-        .await;
+        let ready = wait_admin_ready("the captured sidecar", process, admin).await;
         process
             .with_log(ready)
             .with_context(|| server.log_tail(20))?;
@@ -408,6 +395,27 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
     let from_sleep =
         |r: &HttpResponse| seen(r).is_ok_and(|s| s.xfcc.contains(&format!("URI={SLEEP}")));
     let through_sidecar = |s: &Seen| s.peer.ip().to_string() == INBOUND_SOURCE;
+    // Plaintext on `port` eventually served, through the sidecar (from 127.0.0.6).
+    let plain_served = async |what: &str, port: u16| -> Result<Seen> {
+        let r = eventually_matches(what, PATIENCE, || plain(port), |r| r.status == 200)
+            .await
+            .with_context(logs)?;
+        let s = seen(&r)?;
+        ensure!(through_sidecar(&s), "{what}: the app saw {}", s.peer);
+        Ok(s)
+    };
+    // Plaintext on `port` closed unanswered, and the app never hears of it.
+    let plain_refused = async |what: &str, port: u16| -> Result<()> {
+        let before = app.count();
+        let refused = plain(port).await;
+        ensure!(
+            refused.is_err(),
+            "{what} was answered: {:?}",
+            refused.map(|r| (r.status, r.body))
+        );
+        ensure!(app.count() == before, "{what} reached the app");
+        Ok(())
+    };
 
     // (a) STRICT: mTLS served, the app sees sleep's id and a connection from 127.0.0.6.
     let r = eventually_matches(
@@ -436,17 +444,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
         "{kind:?} STRICT TCP: the app saw {peer}"
     );
     // Plaintext matches no chain of port 8000: closed, and the app never hears of it.
-    let before = app.count();
-    let refused = plain(PORT).await;
-    ensure!(
-        refused.is_err(),
-        "{kind:?} STRICT: plaintext was answered: {:?}",
-        refused.map(|r| (r.status, r.body))
-    );
-    ensure!(
-        app.count() == before,
-        "{kind:?} STRICT: plaintext reached the app"
-    );
+    plain_refused(&format!("{kind:?} STRICT: plaintext"), PORT).await?;
 
     // (d) portLevelMtls: 8001 DISABLE under a STRICT workload.
     cp.apply(&peer_authentication(
@@ -455,36 +453,21 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
         &[(OTHER_PORT, "DISABLE")],
     ))
     .await?;
-    let r = eventually_matches(
+    let s = plain_served(
         &format!("{kind:?} STRICT + 8001 DISABLE: plaintext on 8001"),
-        PATIENCE,
-        || plain(OTHER_PORT),
-        |r| r.status == 200,
+        OTHER_PORT,
     )
-    .await
-    .with_context(logs)?;
-    let s = seen(&r)?;
-    ensure!(
-        through_sidecar(&s),
-        "{kind:?} port-level DISABLE: the app saw {}",
-        s.peer
-    );
+    .await?;
     ensure!(
         s.xfcc.is_empty(),
         "{kind:?} port-level DISABLE: XFCC on plaintext: {}",
         s.xfcc
     );
-    let before = app.count();
-    let refused = plain(PORT).await;
-    ensure!(
-        refused.is_err(),
-        "{kind:?} STRICT + 8001 DISABLE: plaintext on 8000 was answered: {:?}",
-        refused.map(|r| (r.status, r.body))
-    );
-    ensure!(
-        app.count() == before,
-        "{kind:?} STRICT + 8001 DISABLE: plaintext on 8000 reached the app"
-    );
+    plain_refused(
+        &format!("{kind:?} STRICT + 8001 DISABLE: plaintext on 8000"),
+        PORT,
+    )
+    .await?;
     // Eventually: the listener change drains the server side of sleep's pooled connection,
     // and a request racing that close is answered 503 by sleep's sidecar (Envoy's too).
     eventually_matches(
@@ -499,20 +482,7 @@ async fn inbound_capture(kind: SidecarKind) -> Result<()> {
     // (c) DISABLE: plaintext served on 8000.
     cp.apply(&peer_authentication("httpbin", "DISABLE", &[]))
         .await?;
-    let r = eventually_matches(
-        &format!("{kind:?} DISABLE: plaintext on 8000"),
-        PATIENCE,
-        || plain(PORT),
-        |r| r.status == 200,
-    )
-    .await
-    .with_context(logs)?;
-    let s = seen(&r)?;
-    ensure!(
-        through_sidecar(&s),
-        "{kind:?} DISABLE: the app saw {}",
-        s.peer
-    );
+    plain_served(&format!("{kind:?} DISABLE: plaintext on 8000"), PORT).await?;
 
     // (b) PERMISSIVE: mTLS (with sleep's id) and plaintext on the same port.
     cp.apply(&peer_authentication("httpbin", "PERMISSIVE", &[]))

@@ -114,6 +114,22 @@ impl Mesh {
         http_exchange(self.client, "GET", HTTPBIN, path, headers, Bytes::new()).await
     }
 
+    /// `GET path` with `headers`, answered 200, and the request as the app received it
+    /// (exactly once).
+    async fn get_once(
+        &self,
+        what: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(HttpResponse, Seen)> {
+        let r = self.get(path, headers).await?;
+        ensure!(r.status == 200, "{what}: {} {}", r.status, r.body);
+        match <[Seen; 1]>::try_from(self.app.seen_at(path)) {
+            Ok([seen]) => Ok((r, seen)),
+            Err(seen) => bail!("{what}: the app saw {seen:?}"),
+        }
+    }
+
     fn logs(&self) -> String {
         self.sidecars
             .iter()
@@ -166,18 +182,11 @@ async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
     // Every header through both sidecars to the app, and back in its response.
     let mut sent: Vec<(&str, &str)> = TRACE.to_vec();
     sent.push(("x-request-id", REQUEST_ID));
-    let r = m.get("/trace", &sent).await?;
-    ensure!(
-        r.status == 200,
-        "{kind:?} {protocol:?}: {} {}",
-        r.status,
-        r.body
-    );
-    let seen = m.app.seen_at("/trace");
-    ensure!(seen.len() == 1, "{kind:?}: the app saw {seen:?}");
+    let what = format!("{kind:?} {protocol:?}");
+    let (r, seen) = m.get_once(&what, "/trace", &sent).await?;
     carries_trace(
-        &format!("{kind:?} {protocol:?}: the app"),
-        |n| seen[0].header(n).map(str::to_owned),
+        &format!("{what}: the app"),
+        |n| seen.header(n).map(str::to_owned),
         true,
     )?;
     carries_trace(
@@ -187,76 +196,45 @@ async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
     )?;
 
     // No x-request-id: sleep's sidecar makes one, httpbin's keeps it.
-    let r = m.get("/generated", &TRACE).await?;
-    ensure!(
-        r.status == 200,
-        "{kind:?} {protocol:?}: {} {}",
-        r.status,
-        r.body
-    );
-    let seen = m.app.seen_at("/generated");
-    ensure!(seen.len() == 1, "{kind:?}: the app saw {seen:?}");
-    let generated = seen[0]
-        .header("x-request-id")
-        .unwrap_or_default()
-        .to_owned();
+    let (_, seen) = m.get_once(&what, "/generated", &TRACE).await?;
+    let generated = seen.header("x-request-id").unwrap_or_default().to_owned();
     ensure!(
         is_uuid(&generated),
         "{kind:?} {protocol:?}: generated x-request-id {generated:?}"
     );
     carries_trace(
-        &format!("{kind:?} {protocol:?}: the app"),
-        |n| seen[0].header(n).map(str::to_owned),
+        &format!("{what}: the app"),
+        |n| seen.header(n).map(str::to_owned),
         false,
     )?;
 
     // A retried request: every attempt carries the same headers, the generated id included.
-    let r = m.get("/flaky/1", &sent).await?;
-    ensure!(
-        r.status == 200,
-        "{kind:?} {protocol:?} retried: {} {}",
-        r.status,
-        r.body
-    );
-    let r = m.get("/flaky/2", &TRACE).await?;
-    ensure!(
-        r.status == 200,
-        "{kind:?} {protocol:?} retried: {} {}",
-        r.status,
-        r.body
-    );
-    let attempts = m.app.seen_at("/flaky/1");
-    ensure!(
-        attempts.len() == FLAKY_FAILURES + 1,
-        "{kind:?}: {} attempts",
-        attempts.len()
-    );
-    for (i, a) in attempts.iter().enumerate() {
-        carries_trace(
-            &format!("{kind:?} {protocol:?}: attempt {i}"),
-            |n| a.header(n).map(str::to_owned),
-            true,
-        )?;
-    }
-    let attempts = m.app.seen_at("/flaky/2");
-    ensure!(
-        attempts.len() == FLAKY_FAILURES + 1,
-        "{kind:?}: {} attempts",
-        attempts.len()
-    );
+    let retried = async |path: &str, headers: &[(&str, &str)], request_id: bool| {
+        let r = m.get(path, headers).await?;
+        ensure!(r.status == 200, "{what} retried: {} {}", r.status, r.body);
+        let attempts = m.app.seen_at(path);
+        ensure!(
+            attempts.len() == FLAKY_FAILURES + 1,
+            "{kind:?}: {} attempts",
+            attempts.len()
+        );
+        for (i, a) in attempts.iter().enumerate() {
+            carries_trace(
+                &format!("{what}: attempt {i}"),
+                |n| a.header(n).map(str::to_owned),
+                request_id,
+            )?;
+        }
+        Ok(attempts)
+    };
+    retried("/flaky/1", &sent, true).await?;
+    let attempts = retried("/flaky/2", &TRACE, false).await?;
     let ids: Vec<Option<&str>> = attempts.iter().map(|a| a.header("x-request-id")).collect();
     ensure!(
         ids.iter()
             .all(|id| id.is_some_and(is_uuid) && *id == ids[0]),
-        "{kind:?} {protocol:?}: the attempts' x-request-id {ids:?}"
+        "{what}: the attempts' x-request-id {ids:?}"
     );
-    for (i, a) in attempts.iter().enumerate() {
-        carries_trace(
-            &format!("{kind:?} {protocol:?}: attempt {i}"),
-            |n| a.header(n).map(str::to_owned),
-            false,
-        )?;
-    }
 
     // strait-proxy logs the trace id and the one x-request-id on both sides.
     if kind == SidecarKind::Strait {
