@@ -323,12 +323,32 @@ impl MtlsMesh {
     }
     /// Every sidecar's log tail.
     pub fn logs(&self) -> String {
-        self.sidecars
-            .iter()
-            .map(|s| s.log_tail(30))
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+        logs_of(&self.sidecars)
     }
+
+    /// Ok while every sidecar still runs; else the dead one's log tail.
+    pub fn all_running(&self) -> Result<()> {
+        all_running(&self.sidecars)
+    }
+}
+
+/// The log tails of `sidecars`, for failure messages.
+pub fn logs_of(sidecars: &[Sidecar]) -> String {
+    sidecars
+        .iter()
+        .map(|s| s.log_tail(30))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+/// Ok while every one of `sidecars` still runs; else the dead one's log tail.
+pub fn all_running(sidecars: &[Sidecar]) -> Result<()> {
+    for s in sidecars {
+        if !s.is_running() {
+            return Err(anyhow!("a sidecar died:\n{}", s.log_tail(30)));
+        }
+    }
+    Ok(())
 }
 
 /// Starts the mTLS mesh with sidecars of `kind` and certificates living `ttl`.

@@ -478,41 +478,44 @@ async fn denied_lines(f: &Fixture) -> Result<usize> {
     Ok(f.log().matches("RBAC denied").count())
 }
 
+/// `POST /logging?<query>` answers 200 `active filter: <filter>`, and a denied request then
+/// leaves `lines` "RBAC denied" lines in the log in all (`what` names a wrong count).
+async fn filter_then_lines(
+    f: &Fixture,
+    query: &str,
+    filter: &str,
+    lines: usize,
+    what: &str,
+) -> Result<()> {
+    let answer = logging(f, query).await?;
+    ensure!(
+        answer == (200, format!("active filter: {filter}")),
+        "{answer:?}"
+    );
+    ensure!(denied_lines(f).await? == lines, "{what}:\n{}", f.log());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_level_through_admin() -> Result<()> {
     let f = Fixture::start("5s").await?;
-    ensure!(
-        logging(&f, "").await? == (200, "active filter: info".into()),
-        "{:?}",
-        logging(&f, "").await?
-    );
-    ensure!(
-        denied_lines(&f).await? == 0,
-        "debug line at info:\n{}",
-        f.log()
-    );
-
-    let raised = logging(&f, "strait_proxy::http=debug").await?;
-    ensure!(
-        raised == (200, "active filter: info,strait_proxy::http=debug".into()),
-        "{raised:?}"
-    );
-    ensure!(
-        denied_lines(&f).await? == 1,
-        "no debug line at debug:\n{}",
-        f.log()
-    );
-
-    let lowered = logging(&f, "strait_proxy::http=info").await?;
-    ensure!(
-        lowered == (200, "active filter: info,strait_proxy::http=info".into()),
-        "{lowered:?}"
-    );
-    ensure!(
-        denied_lines(&f).await? == 1,
-        "debug line after lowering:\n{}",
-        f.log()
-    );
+    filter_then_lines(&f, "", "info", 0, "debug line at info").await?;
+    filter_then_lines(
+        &f,
+        "strait_proxy::http=debug",
+        "info,strait_proxy::http=debug",
+        1,
+        "no debug line at debug",
+    )
+    .await?;
+    filter_then_lines(
+        &f,
+        "strait_proxy::http=info",
+        "info,strait_proxy::http=info",
+        1,
+        "debug line after lowering",
+    )
+    .await?;
 
     let long = format!("access={}", "d".repeat(10 * 1024));
     for query in [

@@ -229,9 +229,7 @@ async fn strait_sidecars_report_istio_metrics() -> Result<()> {
         sum(&direct, "istio_requests_total", &inbound) >= N,
         "15090:\n{direct}"
     );
-    for s in &m.sidecars {
-        ensure!(s.is_running(), "a sidecar died:\n{}", s.log_tail(30));
-    }
+    m.all_running()?;
     Ok(())
 }
 
@@ -313,8 +311,6 @@ async fn strait_sidecars_report_istio_tcp_metrics() -> Result<()> {
     wait_for_metric(httpbin, "istio_tcp_connections_closed_total", &inbound, N)
         .await
         .with_context(|| m.logs())?;
-    for s in &m.sidecars {
-        ensure!(s.is_running(), "a sidecar died:\n{}", s.log_tail(30));
-    }
+    m.all_running()?;
     Ok(())
 }

@@ -15,7 +15,9 @@ use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use strait_tests::controlplane::Straitd;
 use strait_tests::fixtures::{retries, yaml_docs};
-use strait_tests::mesh::{HTTPBIN, HTTPBIN_PORT, Protocol, Sidecar, SidecarKind, mtls_config};
+use strait_tests::mesh::{
+    HTTPBIN, HTTPBIN_PORT, Protocol, Sidecar, SidecarKind, all_running, logs_of, mtls_config,
+};
 use strait_tests::recorder::{Answer, Recorder, Seen};
 use strait_tests::telemetry::access_events;
 use strait_tests::upstream::{HttpResponse, http_exchange};
@@ -131,11 +133,7 @@ impl Mesh {
     }
 
     fn logs(&self) -> String {
-        self.sidecars
-            .iter()
-            .map(|s| s.log_tail(30))
-            .collect::<Vec<_>>()
-            .join("\n---\n")
+        logs_of(&self.sidecars)
     }
 }
 
@@ -265,9 +263,7 @@ async fn scenario(kind: SidecarKind, protocol: Protocol) -> Result<()> {
         )
         .await?;
     }
-    for s in &m.sidecars {
-        ensure!(s.is_running(), "a sidecar died:\n{}", s.log_tail(30));
-    }
+    all_running(&m.sidecars)?;
     Ok(())
 }
 
