@@ -46,12 +46,14 @@ pub fn choose_cluster(target: &ClusterTarget) -> &str {
     }
 }
 
-/// Proxies `downstream` to the tcp_proxy's cluster until both sides are done (or the caller's
-/// drain period ends by dropping this future). `original`: a captured connection's original
-/// destination, where ORIGINAL_DST clusters (Passthrough) connect. `flow`: what the
+/// Proxies `downstream` to the tcp_proxy's cluster until both sides are done, or until `cut`
+/// resolves (with the error that ends it: the connection is closed and accounted for), or the
+/// caller's drain period ends by dropping this future. `original`: a captured connection's
+/// original destination, where ORIGINAL_DST clusters (Passthrough) connect. `flow`: what the
 /// connection tells for Istio's TCP metrics and the access log (its cluster is filled here).
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy(
+    cut: impl std::future::Future<Output = ProxyError>,
     downstream: BoxIo,
     tcp: &TcpProxy,
     original: Option<SocketAddr>,
@@ -84,14 +86,19 @@ pub async fn proxy(
     let mut down = Counted::new(downstream);
     // copy_bidirectional shuts down each write side when the other side's read ends: half-close
     // travels through (TLS sends close_notify first).
-    let result = tokio::io::copy_bidirectional(&mut down, &mut up.io).await;
+    let result = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut down, &mut up.io) => {
+            r.map_err(|e| ProxyError::UpstreamReset(e.to_string()))
+        }
+        e = cut => Err(e),
+    };
     counters.closed.fetch_add(1, Ordering::Relaxed);
     // Istio: sent is what went to the downstream, received what came from it.
     telemetry.tcp_closed(&labels, down.written, down.read);
     let host = up.endpoint.to_string();
     access_log::log(&Entry {
         protocol: "tcp",
-        response_flags: if result.is_ok() { "-" } else { "UR" },
+        response_flags: result.as_ref().map_or_else(ProxyError::flag, |_| "-"),
         bytes_received: down.read,
         bytes_sent: down.written,
         duration: started.elapsed(),
@@ -110,7 +117,7 @@ pub async fn proxy(
         }
         Err(e) => {
             tracing::debug!(cluster = %cluster.name, endpoint = %up.endpoint, error = %e, "tcp_proxy ended with an error");
-            Err(ProxyError::UpstreamReset(e.to_string()))
+            Err(e)
         }
     }
 }

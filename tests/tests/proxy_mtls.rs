@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use strait_tests::controlplane::Straitd;
-use strait_tests::mesh::{HTTPBIN, Protocol, Sidecar, SidecarKind, mtls_mesh};
+use strait_tests::fixtures::allow_principals;
+use strait_tests::mesh::{HTTPBIN, MtlsMesh, Protocol, Sidecar, SidecarKind, mtls_mesh};
 use strait_tests::upstream::{EchoServer, http_get, http_request};
 use strait_tests::{eventually_matches, ports, process};
 
@@ -252,4 +253,126 @@ async fn weighted_split_envoy() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_split_strait() -> Result<()> {
     split_scenario(SidecarKind::Strait).await
+}
+
+/// One HTTP/1.1 keep-alive connection through sleep's TCP listener (the sidecars proxy it as
+/// TCP, so it is one TCP connection end to end).
+async fn keep_alive(
+    at: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>> {
+    let stream = tokio::net::TcpStream::connect(at).await?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+) -> Result<u16> {
+    sender.ready().await?;
+    let request = hyper::Request::get("/")
+        .header("host", HTTPBIN)
+        .body(http_body_util::Empty::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    http_body_util::BodyExt::collect(response.into_body()).await?;
+    Ok(status)
+}
+
+/// httpbin's sidecar's applied listener versions (its admin `/config_dump`).
+async fn listener_versions(m: &MtlsMesh) -> Result<String> {
+    let admin = SocketAddr::new(m.ips[2], 15000);
+    let (status, body) = http_get(admin, "admin", "/config_dump").await?;
+    ensure!(status == 200, "config_dump: {status}");
+    let dump: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(dump["versions"]["listeners"].to_string())
+}
+
+/// Applies `yaml` and waits until httpbin's sidecar has applied a new listener version.
+async fn apply_and_wait(m: &MtlsMesh, yaml: &str) -> Result<()> {
+    let before = listener_versions(m).await?;
+    m.straitd.apply(yaml).await?;
+    eventually_matches(
+        "httpbin's sidecar applies the new listener",
+        Duration::from_secs(30),
+        || listener_versions(m),
+        |v| *v != before,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A TCP connection's network RBAC is asked again when its listener changes: an update that
+/// still admits the client keeps the established connection serving, one that revokes the
+/// client's permission closes it at once (and new connections are refused). Strait only, on
+/// purpose: Envoy keeps such a connection until the end of its drain time (600 s by default)
+/// and then cuts it whatever the new policy says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connection_follows_policy_changes_strait() -> Result<()> {
+    let m = mtls_mesh(
+        SidecarKind::Strait,
+        Protocol::Tcp,
+        Duration::from_secs(3600),
+    )
+    .await?;
+    eventually_matches(
+        "sleep → httpbin over mTLS",
+        Duration::from_secs(30),
+        || http_get(m.client(), HTTPBIN, "/"),
+        |r| r.0 == 200,
+    )
+    .await
+    .with_context(|| m.logs())?;
+    let mut conn = keep_alive(m.client()).await?;
+    ensure!(get_on(&mut conn).await? == 200);
+
+    // Still allowed (one more principal): the listener changes, the connection stays.
+    apply_and_wait(
+        &m,
+        &allow_principals(
+            "httpbin",
+            &[
+                "cluster.local/ns/default/sa/sleep",
+                "cluster.local/ns/default/sa/ratings",
+            ],
+        ),
+    )
+    .await?;
+    ensure!(
+        get_on(&mut conn)
+            .await
+            .context("after an update that still allows sleep")?
+            == 200,
+        "{}",
+        m.logs()
+    );
+
+    // Revoked: only ratings now.
+    apply_and_wait(
+        &m,
+        &allow_principals("httpbin", &["cluster.local/ns/default/sa/ratings"]),
+    )
+    .await?;
+    // Applied: the connection is closed as soon as its task sees the new version (a request
+    // sent in between may still be answered), not at some drain deadline; nothing else would
+    // ever close this connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get_on(&mut conn).await.is_ok() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the revoked connection still serves\n{}",
+            m.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Ok((200, body)) = http_get(m.client(), HTTPBIN, "/").await {
+        bail!("a new connection got through after the revocation: {body}");
+    }
+    let logs = m.logs();
+    ensure!(
+        logs.contains("the updated listener's network RBAC denies the connection"),
+        "{logs}"
+    );
+    Ok(())
 }

@@ -13,7 +13,8 @@ use super::capture::{self, Handoff};
 use super::chain::{self, Facts};
 use super::{Compiled, Context, Terminal};
 use crate::authz;
-use crate::config::Config;
+use crate::config::{Config, Listener};
+use crate::error::ProxyError;
 use crate::http::headers::ClientCert;
 use crate::http::{self, Downstream};
 use crate::tcp;
@@ -133,8 +134,9 @@ pub(super) async fn serve(
             };
             let (config, upstreams) = (&ctx.config, &ctx.upstreams);
             let telemetry = &ctx.telemetry;
+            let revoked = revoked(&ctx, &name, listener.spec.clone(), &facts, &request);
             if let Err(e) = tcp::proxy(
-                io, t, original, config, upstreams, &ctx.tcp, telemetry, flow, log,
+                revoked, io, t, original, config, upstreams, &ctx.tcp, telemetry, flow, log,
             )
             .await
             {
@@ -162,7 +164,7 @@ pub(super) async fn serve(
             // starts draining before it reads that request under the old chain.
             tokio::select! {
                 biased;
-                why = superseded(&ctx, &listener, drain) => {
+                why = superseded(&ctx, &listener.name, &listener.spec, drain) => {
                     tracing::debug!(listener = %name, chain = %chain.name, %peer, why, "draining the HTTP connection");
                     let _ = retire.send(true);
                     serve.await;
@@ -173,18 +175,19 @@ pub(super) async fn serve(
     }
 }
 
-/// Resolves when `drain` turns true or the config no longer holds this version of the
+/// Resolves when `drain` turns true or the config no longer holds this version (`spec`) of the
 /// listener (changed or removed); says which.
 async fn superseded(
     ctx: &Context,
-    listener: &Compiled,
+    name: &str,
+    spec: &Arc<Listener>,
     mut drain: watch::Receiver<bool>,
 ) -> &'static str {
     let mut config = ctx.config.clone();
     let current = |c: &Config| {
         c.listeners
-            .get(&*listener.name)
-            .is_some_and(|l| Arc::ptr_eq(l, &listener.spec) || **l == *listener.spec)
+            .get(name)
+            .is_some_and(|l| Arc::ptr_eq(l, spec) || **l == **spec)
     };
     loop {
         if !current(&config.borrow_and_update()) {
@@ -197,6 +200,55 @@ async fn superseded(
                 http::drained(&mut drain).await;
                 return "listener draining";
             },
+        }
+    }
+}
+
+/// Resolves when a new version of the listener no longer lets this TCP connection through: the
+/// chain the same facts choose in it has a network RBAC that denies `request` (or cannot be
+/// compiled: fail closed). A TCP connection has no request boundary to drain at, so rather than
+/// cutting every connection at each listener update (Envoy cuts them at the end of its drain
+/// time) the new policy is asked, and a revoked permission ends the connection at once.
+/// Pending forever while the listener allows it, and once the listener drains (its accept loop
+/// bounds that with [`super::DRAIN_TIMEOUT`]).
+async fn revoked(
+    ctx: &Context,
+    name: &str,
+    mut spec: Arc<Listener>,
+    facts: &Facts,
+    request: &authz::Request,
+) -> ProxyError {
+    let (_never, drain) = watch::channel(false);
+    loop {
+        if superseded(ctx, name, &spec, drain.clone()).await != "listener updated" {
+            return std::future::pending().await;
+        }
+        let config = ctx.config.borrow().clone();
+        let Some(new) = config.listeners.get(name).cloned() else {
+            // Removed: its accept loop drains it.
+            return std::future::pending().await;
+        };
+        let denied = ProxyError::RbacDenied { policy: None };
+        let Some(chain) = chain::select(&new, facts).and_then(|i| new.chains().nth(i)) else {
+            tracing::info!(listener = %name, peer = %request.source_ip, "no filter chain of the updated listener takes the connection; closing it");
+            return denied;
+        };
+        let rbac: Vec<&crate::config::RbacFilter> = chain.rbac.iter().collect();
+        match super::compile_rbac(&rbac) {
+            Ok(authorizer) => {
+                let decision = authorizer.evaluate(request);
+                if !decision.allowed {
+                    tracing::info!(listener = %name, chain = %chain.name, peer = %request.source_ip, denied_by = ?decision.denied_by, "the updated listener's network RBAC denies the connection; closing it");
+                    return ProxyError::RbacDenied {
+                        policy: decision.denied_by.and_then(|(_, p)| p),
+                    };
+                }
+                spec = new;
+            }
+            Err(e) => {
+                tracing::warn!(listener = %name, chain = %chain.name, error = %e, "the updated listener's network RBAC cannot be enforced; closing the connection");
+                return denied;
+            }
         }
     }
 }

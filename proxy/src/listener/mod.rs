@@ -1,11 +1,12 @@
 //! Listeners: every `config::Listener` with `bind_to_port` is bound and accepted on, and
 //! follows the config watch. A changed listener on the same address takes effect for new
 //! connections; its established HTTP connections drain (in-flight requests finish, then GOAWAY /
-//! `Connection: close`), so a revoked HTTP permission does not live on in pooled connections,
-//! while TCP connections keep the chain they started with (Envoy cuts those at the end of its
-//! drain time; we do not yet). A removed (or moved) listener stops accepting and drains: HTTP
-//! connections finish their requests and close, the rest get [`DRAIN_TIMEOUT`] before they are
-//! cut.
+//! `Connection: close`), so a revoked HTTP permission does not live on in pooled connections;
+//! a TCP connection, which has no request boundary to drain at, is asked again against the new
+//! version's chain and network RBAC and closed at once if they no longer admit it (Envoy would
+//! cut every one at the end of its drain time, allowed or not). A removed (or moved) listener
+//! stops accepting and drains: HTTP connections finish their requests and close, the rest get
+//! [`DRAIN_TIMEOUT`] before they are cut.
 //!
 //! Termination ([`Listeners::drain`], on SIGTERM) is the same drain, applied the way Istio's
 //! agent drains a sidecar (`drain_listeners?inboundonly&graceful`, then `terminationDrainDuration`):
