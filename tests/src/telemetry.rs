@@ -56,6 +56,15 @@ pub async fn wait_for_metric(
 /// The access events of a strait-proxy log that contain every one of `fields`, without
 /// terminal colours (the log is written for people, so it may carry them).
 pub fn access_events(log: &str, fields: &[&str]) -> Vec<String> {
+    without_colours(log)
+        .lines()
+        .filter(|l| l.contains(" access: ") && fields.iter().all(|f| l.contains(f)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A log without its terminal colour codes, so tests can match the fields as written.
+pub fn without_colours(log: &str) -> String {
     let mut plain = String::with_capacity(log.len());
     let mut chars = log.chars();
     while let Some(c) = chars.next() {
@@ -71,8 +80,4 @@ pub fn access_events(log: &str, fields: &[&str]) -> Vec<String> {
         }
     }
     plain
-        .lines()
-        .filter(|l| l.contains(" access: ") && fields.iter().all(|f| l.contains(f)))
-        .map(str::to_string)
-        .collect()
 }

@@ -35,7 +35,7 @@ use strait_tests::fixtures::{
     yaml_docs,
 };
 use strait_tests::process::{self, Child};
-use strait_tests::telemetry::scrape;
+use strait_tests::telemetry::{scrape, without_colours};
 use strait_tests::upstream::http_request;
 use strait_tests::wait::{PATIENCE, eventually, give_up};
 use strait_tests::{bins, ports};
@@ -220,7 +220,15 @@ impl Fixture {
 
     /// The sidecar's log without colour codes.
     fn log(&self) -> String {
-        strip_ansi(&self.sidecar.log())
+        without_colours(&self.sidecar.log())
+    }
+
+    /// Waits for the sidecar to exit, successfully; returns its log.
+    async fn exited_cleanly(&self) -> Result<String> {
+        let status = self.sidecar.wait_exit(PATIENCE).await?;
+        let log = self.log();
+        ensure!(status.success(), "exit status {status}; log:\n{log}");
+        Ok(log)
     }
 
     /// `/slow` on a keep-alive connection of its own, sent from a task; returns once the app
@@ -349,24 +357,6 @@ impl KeepAlive {
     }
 }
 
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte (a letter).
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_then_exits() -> Result<()> {
     let f = Fixture::start("60s").await?;
@@ -413,9 +403,7 @@ async fn sigterm_drains_in_flight_then_exits() -> Result<()> {
         matches!(h2, Ok(200)),
         "in-flight HTTP/2 request, then the connection's end: {h2:?}"
     );
-    let status = f.sidecar.wait_exit(PATIENCE).await?;
-    let log = f.log();
-    ensure!(status.success(), "exit status {status}; log:\n{log}");
+    let log = f.exited_cleanly().await?;
     ensure!(
         log.contains("drained: no connection left") && !log.contains("drain deadline"),
         "the log should say it drained:\n{log}"
@@ -429,9 +417,7 @@ async fn drain_deadline_cuts_what_is_left() -> Result<()> {
     let slow = f.slow_in_flight().await?;
     f.sidecar.terminate()?;
     // The app never answers before the proxy gives up on the connection.
-    let status = f.sidecar.wait_exit(PATIENCE).await?;
-    let log = f.log();
-    ensure!(status.success(), "exit status {status}; log:\n{log}");
+    let log = f.exited_cleanly().await?;
     ensure!(
         log.contains("drain deadline: connections cut") && log.contains("cut=1"),
         "the log should say one connection was cut at the deadline:\n{log}"
@@ -449,9 +435,7 @@ async fn second_signal_exits_at_once() -> Result<()> {
     f.sidecar.terminate()?;
     f.wait_not_ready().await?;
     f.sidecar.terminate()?;
-    let status = f.sidecar.wait_exit(PATIENCE).await?;
-    let log = f.log();
-    ensure!(status.success(), "exit status {status}; log:\n{log}");
+    let log = f.exited_cleanly().await?;
     ensure!(
         log.contains("second signal: exiting without draining"),
         "{log}"
