@@ -118,7 +118,9 @@ fn via_gateways(
 }
 
 /// The endpoints of `svc` this proxy may use: selected by the subset's labels, and on the
-/// proxy's network (or on none).
+/// proxy's network. Istio's `InNetwork`: an endpoint on no network is on every network, and so
+/// is a proxy that says no network (its `NETWORK` unset), which then reaches every endpoint
+/// directly and none through a gateway.
 pub(super) fn selected<'a>(
     proxy: &'a Proxy,
     svc: &'a Service,
@@ -126,7 +128,7 @@ pub(super) fn selected<'a>(
 ) -> impl Iterator<Item = &'a Endpoint> + 'a {
     svc.endpoints.iter().filter(move |e| {
         subset.is_none_or(|s| selects(&s.labels, &e.labels))
-            && (e.network.is_empty() || e.network == proxy.network)
+            && (e.network.is_empty() || proxy.network.is_empty() || e.network == proxy.network)
     })
 }
 

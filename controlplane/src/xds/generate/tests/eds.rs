@@ -445,6 +445,20 @@ fn subsets_unexported_services_and_proxies_without_a_network() {
         addresses(&la[0]).iter().all(|a| !a.ends_with(":15443")),
         "a proxy on no network gets no gateway endpoints"
     );
+    let mut direct = addresses(&la[0]);
+    direct.sort();
+    let everywhere = [
+        "198.18.1.1:8080",
+        "198.18.2.1:8080",
+        "198.18.2.2:8080",
+        "198.18.2.3:8080",
+        "198.18.2.4:8080",
+        "198.18.3.1:8080",
+    ];
+    assert_eq!(
+        direct, everywhere,
+        "as Istio's InNetwork, a proxy on no network reaches every network's endpoints directly"
+    );
 }
 
 #[test]
