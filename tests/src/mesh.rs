@@ -159,7 +159,9 @@ impl Sidecar {
                         // and benchmarks exercise the single-threaded runtime the proxy uses
                         // when pinned to one CPU.
                         .args(["--concurrency", "1"])
-                        .args(["--xds-address", &format!("http://{}", straitd.xds())])
+                        // xDS over mutual TLS with the workload certificate, as a sidecar
+                        // runs by default (straitd checks the namespace it claims).
+                        .args(["--xds-address", &format!("https://{}:15012", straitd.ip)])
                         .args(["--node-ip", NODE_IP])
                         .args(["--pod", &format!("{app}-1"), "--namespace", namespace])
                         .args(["--workload", app, "--label", &format!("app={app}")])
