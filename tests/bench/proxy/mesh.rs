@@ -272,8 +272,9 @@ pub async fn strait_run_help() -> Result<String> {
 }
 
 /// `strait-proxy run` as a sidecar, started as tests/src/mesh.rs (the conformance suite) starts
-/// it: xDS from straitd's plaintext port, certificates from its CA with a bootstrap token; admin
-/// and health on its own address `ip`. Waits for the admin's `/ready`.
+/// it: one worker (`--concurrency 1`, as the Envoy sidecars), xDS over mTLS on 15012,
+/// certificates from straitd's CA with a bootstrap token; admin, health and metrics on its own
+/// address `ip`. Waits for the admin's `/ready`.
 async fn start_strait(straitd: &Straitd, ns: &str, app: &str, ip: IpAddr) -> Result<Child> {
     strait_run_help().await?;
     let boot = strait_tests::agent::workload_bootstrap(straitd, ns, app).await?;
@@ -281,7 +282,10 @@ async fn start_strait(straitd: &Straitd, ns: &str, app: &str, ip: IpAddr) -> Res
     let admin = SocketAddr::new(ip, 15000);
     let child = Child::builder(&format!("strait-{app}"), bins::bin_path("strait-proxy")?)
         .arg("run")
-        .args(["--xds-address", &format!("http://{}", straitd.xds())])
+        // The Envoy sidecars run one worker thread; so does this one (it is pinned only after
+        // it started, so the default would count the CPUs it saw then).
+        .args(["--concurrency", "1"])
+        .args(["--xds-address", &format!("https://{}:15012", straitd.ip)])
         .args(["--node-ip", NODE_IP])
         .args(["--pod", &format!("{app}-1"), "--namespace", ns])
         .args(["--workload", app, "--label", &format!("app={app}")])
@@ -299,6 +303,11 @@ async fn start_strait(straitd: &Straitd, ns: &str, app: &str, ip: IpAddr) -> Res
         .args(["--ttl-seconds", "86400"])
         .args(["--admin-address", &admin.to_string()])
         .args(["--health-address", &SocketAddr::new(ip, 15021).to_string()])
+        .args(["--metrics-address", &SocketAddr::new(ip, 15090).to_string()])
+        .args([
+            "--merged-metrics-address",
+            &SocketAddr::new(ip, 15020).to_string(),
+        ])
         // Logging per request would measure the logger.
         .env("STRAIT_LOG", "warn")
         .dir(dir)
