@@ -54,12 +54,14 @@ pub struct Args {
     pub clusters: Vec<usize>,
     pub tcp_seconds: u64,
     pub conn_concurrency: usize,
+    /// Rounds of the interleaved CPU and latency comparison (0: none).
+    pub interleave: usize,
 }
 
 const USAGE: &str = "flags: --sidecars envoy,strait --rates 1000,5000 --protocols h1,h2 --seconds 10 \
 --warmup 2 --ramp 1000,1500,2000,3000,4000,6000,8000,12000,16000 (or none) --ramp-seconds 5 \
 --ramp-p99-ms 25 --idle-conns 1000 (0: skip) --clusters 1000,10000 (or none) --tcp-seconds 5 \
---conn-concurrency 8";
+--conn-concurrency 8 --interleave 0 (rounds of Envoy and Strait taking turns at the first rate)";
 
 fn floats(v: &str) -> Result<Vec<f64>> {
     if v == "none" {
@@ -90,6 +92,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
         clusters: vec![1000, 10000],
         tcp_seconds: 5,
         conn_concurrency: 8,
+        interleave: 0,
     };
     while let Some(flag) = argv.next() {
         if flag == "--bench" {
@@ -129,6 +132,7 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
             "--clusters" => a.clusters = floats(&value)?.into_iter().map(|f| f as usize).collect(),
             "--tcp-seconds" => a.tcp_seconds = value.parse()?,
             "--conn-concurrency" => a.conn_concurrency = value.parse()?,
+            "--interleave" => a.interleave = value.parse()?,
             _ => bail!("unknown flag {flag}; {USAGE}"),
         }
     }
@@ -141,6 +145,9 @@ fn parse_args(mut argv: impl Iterator<Item = String>) -> Result<Args> {
         .any(|r| !(*r > 0.0 && *r <= 200_000.0))
     {
         bail!("rates must be in (0, 200000]");
+    }
+    if a.interleave > 50 {
+        bail!("--interleave at most 50 rounds");
     }
     if a.idle_conns > 10_000 || a.clusters.iter().any(|&c| c > 20_000) {
         bail!("--idle-conns at most 10000, --clusters at most 20000 each");
@@ -185,6 +192,7 @@ async fn run(args: Args, pinning: Option<(usize, usize)>) -> Result<()> {
         pinning,
         planes: vec![],
         clusters: vec![],
+        interleaved: vec![],
         notes: vec![],
     };
     let mut kinds = Vec::new();
@@ -234,8 +242,18 @@ async fn run(args: Args, pinning: Option<(usize, usize)>) -> Result<()> {
                 vec![]
             });
     }
+    if args.interleave > 0 && kinds.len() == 2 {
+        out.interleaved = steps::interleaved(&args, &straitd, &app, &kinds, pinning, tck)
+            .await
+            .unwrap_or_else(|e| {
+                out.notes
+                    .push(format!("the interleaved rounds failed: {e:#}"));
+                vec![]
+            });
+    }
     out.load_end = Some(report::loadavg());
     println!("{}", report::markdown(&out));
+    print!("{}", report::interleaved(&out.interleaved, &args.protocols));
     drop(straitd);
     drop(store);
     Ok(())

@@ -6,7 +6,7 @@ use strait_tests::loadgen::{Protocol, fmt_us};
 
 use crate::Args;
 use crate::mesh::Kind;
-use crate::steps::{ClusterRow, LatencyRun, Plane, PlaneResult};
+use crate::steps::{ClusterRow, LatencyRun, Plane, PlaneResult, Turn};
 
 pub struct Run {
     pub args: Args,
@@ -15,6 +15,7 @@ pub struct Run {
     pub pinning: Option<(usize, usize)>,
     pub planes: Vec<PlaneResult>,
     pub clusters: Vec<ClusterRow>,
+    pub interleaved: Vec<Turn>,
     pub notes: Vec<String>,
 }
 
@@ -329,6 +330,97 @@ pub fn markdown(run: &Run) -> String {
             "\nPercentiles do not add: (proxied − direct) at the same percentile is an estimate of \
              what the sidecars add, not an exact distribution of the added time."
         );
+    }
+    s
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// The interleaved rounds: per protocol, each kind's median CPU per 1000 req/s (all, user) and
+/// p50/p99, and Strait ÷ Envoy per round (min / median / max), which shows the noise.
+pub fn interleaved(turns: &[Turn], protocols: &[Protocol]) -> String {
+    let mut s = String::new();
+    if turns.is_empty() {
+        return s;
+    }
+    let rounds = turns.iter().map(|t| t.round).max().unwrap_or(0);
+    let _ = writeln!(
+        s,
+        "\n## Interleaved: {rounds} rounds, Envoy and Strait taking turns (medians)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| protocol | measure | Envoy | Strait | Strait ÷ Envoy (medians) | per round: min / median / max |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    type Pick = fn(&LatencyRun) -> Option<f64>;
+    type Show = fn(f64) -> String;
+    let measures: [(&str, Pick, Show); 4] = [
+        ("CPU per 1000 req/s", LatencyRun::cores_per_krps, |v| {
+            format!("{:.1} %", v * 100.0)
+        }),
+        (
+            "user CPU per 1000 req/s",
+            LatencyRun::user_cores_per_krps,
+            |v| format!("{:.1} %", v * 100.0),
+        ),
+        (
+            "p50 (two hops)",
+            |r| Some(r.report.latency_at(0.5).as_secs_f64()),
+            |v| fmt_us((v * 1e6) as u64),
+        ),
+        (
+            "p99 (two hops)",
+            |r| Some(r.report.latency_at(0.99).as_secs_f64()),
+            |v| fmt_us((v * 1e6) as u64),
+        ),
+    ];
+    for &proto in protocols {
+        for (name, pick, show) in measures {
+            let of = |kind: Kind| -> Vec<(usize, f64)> {
+                turns
+                    .iter()
+                    .filter(|t| t.kind == kind && t.run.report.protocol == proto)
+                    .filter_map(|t| pick(&t.run).map(|v| (t.round, v)))
+                    .collect()
+            };
+            let (envoy, strait) = (of(Kind::Envoy), of(Kind::Strait));
+            let me = median(envoy.iter().map(|x| x.1).collect());
+            let ms = median(strait.iter().map(|x| x.1).collect());
+            let per_round: Vec<f64> = strait
+                .iter()
+                .filter_map(|(round, v)| {
+                    envoy
+                        .iter()
+                        .find(|(r, _)| r == round)
+                        .filter(|(_, e)| *e > 0.0)
+                        .map(|(_, e)| v / e)
+                })
+                .collect();
+            let spread = match (
+                per_round.iter().copied().reduce(f64::min),
+                median(per_round.clone()),
+                per_round.iter().copied().reduce(f64::max),
+            ) {
+                (Some(lo), Some(mid), Some(hi)) => format!("{lo:.2}× / {mid:.2}× / {hi:.2}×"),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {proto} | {name} | {} | {} | {} | {spread} |",
+                opt(me, show),
+                opt(ms, show),
+                ratio(ms, me)
+            );
+        }
     }
     s
 }

@@ -379,3 +379,57 @@ pub async fn clusters(
     }
     Ok(rows)
 }
+
+/// One turn of the interleaved comparison.
+pub struct Turn {
+    pub round: usize,
+    pub kind: Kind,
+    pub run: LatencyRun,
+}
+
+/// Both pairs up at once (the idle one costs nothing), then `args.interleave` rounds in which
+/// each kind in turn (the order alternating by round) carries the first rate of `args.rates`
+/// in every protocol: on a shared machine whose load comes and goes, Envoy and Strait then
+/// meet the same conditions, and the medians and per-round ratios say how much is noise.
+pub async fn interleaved(
+    args: &Args,
+    straitd: &Straitd,
+    app: &EchoApp,
+    kinds: &[(Kind, Addrs)],
+    pinning: Option<(usize, usize)>,
+    tck: u64,
+) -> Result<Vec<Turn>> {
+    let rate = args.rates.first().copied().unwrap_or(1000.0);
+    let mut pairs = Vec::new();
+    for &(kind, addrs) in kinds {
+        let pair = Pair::start(straitd, kind, addrs, pinning.map(|p| p.0)).await?;
+        pair.check_path(kind, addrs).await?;
+        pairs.push((kind, addrs, pair));
+    }
+    let mut turns = Vec::new();
+    for round in 1..=args.interleave {
+        let mut order: Vec<&(Kind, Addrs, Pair)> = pairs.iter().collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for (kind, addrs, pair) in order {
+            let plane = Plane::Sidecars(*kind, *addrs);
+            let (target, authority) = plane.http(app);
+            for &protocol in &args.protocols {
+                let mut config =
+                    Config::new(target, protocol, rate, Duration::from_secs(args.seconds));
+                config.authority = authority.clone();
+                config.warmup = Duration::from_secs(args.warmup);
+                let run = timed(&config, Some(&pair.pids()), tck).await?;
+                eprintln!("  round {round} {} {}", plane.label(), run.report.summary());
+                pair.ensure_running()?;
+                turns.push(Turn {
+                    round,
+                    kind: *kind,
+                    run,
+                });
+            }
+        }
+    }
+    Ok(turns)
+}
