@@ -233,21 +233,22 @@ async fn run(args: Args, pinning: Option<(usize, usize)>) -> Result<()> {
             }
         }
     }
-    if !args.clusters.is_empty() && !kinds.is_empty() {
-        out.clusters = steps::clusters(&args, &straitd, &kinds, pinning.map(|p| p.0))
-            .await
-            .unwrap_or_else(|e| {
-                out.notes
-                    .push(format!("memory with N clusters failed: {e:#}"));
-                vec![]
-            });
-    }
+    // Before the cluster step, which leaves thousands of services in the config.
     if args.interleave > 0 && kinds.len() == 2 {
         out.interleaved = steps::interleaved(&args, &straitd, &app, &kinds, pinning, tck)
             .await
             .unwrap_or_else(|e| {
                 out.notes
                     .push(format!("the interleaved rounds failed: {e:#}"));
+                vec![]
+            });
+    }
+    if !args.clusters.is_empty() && !kinds.is_empty() {
+        out.clusters = steps::clusters(&args, &straitd, &kinds, pinning.map(|p| p.0))
+            .await
+            .unwrap_or_else(|e| {
+                out.notes
+                    .push(format!("memory with N clusters failed: {e:#}"));
                 vec![]
             });
     }

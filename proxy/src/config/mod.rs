@@ -70,10 +70,11 @@ pub mod limits {
     pub const MAX_RESOURCES: usize = 100_000;
     /// Most filter chains per listener.
     pub const MAX_FILTER_CHAINS: usize = 1024;
-    /// Most virtual hosts per route configuration.
-    pub const MAX_VIRTUAL_HOSTS: usize = 10_000;
+    /// Most virtual hosts per route configuration: Istio makes one per service on the port, so
+    /// as many as there may be services (10 000 was refused by a 10 000-service mesh).
+    pub const MAX_VIRTUAL_HOSTS: usize = MAX_RESOURCES;
     /// Most routes per route configuration (all virtual hosts).
-    pub const MAX_ROUTES: usize = 100_000;
+    pub const MAX_ROUTES: usize = 2 * MAX_RESOURCES;
     /// Most domains per virtual host (and server names per chain).
     pub const MAX_DOMAINS: usize = 10_000;
     /// Most header conditions per route.

@@ -972,3 +972,20 @@ fn upstream_bind_config_refuses_what_it_does_not_implement() {
     let e = refused(Kind::Cluster, name, to_any(&inbound_original_dst(Some(b))));
     assert!(e.path.starts_with("upstream_bind_config"), "{e}");
 }
+
+#[test]
+fn a_route_configuration_for_more_than_ten_thousand_services_decodes() {
+    // Istio makes one virtual host per service on a port: a 10 000-service mesh has more.
+    let mut rc = route_config("8000");
+    let mut vh = rc.virtual_hosts[0].clone();
+    vh.routes = vec![vh.routes[1].clone()];
+    rc.virtual_hosts = (0..10_002)
+        .map(|i| {
+            let mut v = vh.clone();
+            v.name = format!("svc{i}.default.svc.cluster.local:8000");
+            v.domains = vec![format!("svc{i}.default.svc.cluster.local")];
+            v
+        })
+        .collect();
+    ok(Kind::Route, "8000", to_any(&rc));
+}

@@ -250,6 +250,28 @@ pub async fn start_sidecar(
     }
 }
 
+/// Waits until the Strait sidecar whose admin listens on `ip` has applied at least `clusters`
+/// clusters with no NACK outstanding (its `/config_dump`); a NACK fails at once with its text.
+pub async fn strait_has_clusters(ip: IpAddr, clusters: usize, patience: Duration) -> Result<()> {
+    let admin = SocketAddr::new(ip, 15000);
+    eventually(
+        &format!("strait-proxy to apply {clusters} clusters"),
+        patience,
+        || async move {
+            let r = http_request(admin, "GET", "admin", "/config_dump").await?;
+            let dump: serde_json::Value = serde_json::from_str(&r.body)?;
+            let nacks = &dump["xds"]["nacks"];
+            if nacks.as_object().is_some_and(|n| !n.is_empty()) {
+                return Err(give_up(anyhow!("strait-proxy refused config: {nacks}")));
+            }
+            let have = dump["clusters"].as_array().map_or(0, Vec::len);
+            ensure!(have >= clusters, "{have} clusters so far");
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// Whether `strait-proxy` has the sidecar subcommand yet (`run`); `Err` carries why not.
 pub async fn strait_run_help() -> Result<String> {
     let bin = bins::bin_path("strait-proxy")?;

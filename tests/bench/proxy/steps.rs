@@ -361,7 +361,11 @@ pub async fn clusters(
                     t.elapsed()
                 )
             } else {
-                "RSS settled (no sync signal read from Strait yet)".to_owned()
+                mesh::strait_has_clusters(ip, n, Duration::from_secs(300)).await?;
+                format!(
+                    "synced in {:.1?} (Strait /config_dump: ≥ {n} clusters, no NACK)",
+                    t.elapsed()
+                )
             };
             let rss = mesh::settled_rss(sidecar.pid, Duration::from_secs(60)).await?;
             eprintln!(
