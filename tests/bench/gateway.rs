@@ -30,6 +30,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use hdrhistogram::Histogram;
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::unistd::Pid;
+use strait_tests::client_hello::client_hello;
 use strait_tests::controlplane::Straitd;
 use strait_tests::envoy::{Envoy, Node, XdsMode, xds_bootstrap};
 use strait_tests::process::{self, Child};
@@ -70,33 +71,6 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(a)
-}
-
-/// A valid TLS 1.3 ClientHello record with `sni` (hand-made: the tests crate has no rustls).
-fn client_hello(sni: &str) -> Vec<u8> {
-    let name = sni.as_bytes();
-    let mut body = vec![0x03, 0x03];
-    body.extend([7u8; 32]);
-    body.push(0);
-    body.extend([0, 2, 0x13, 0x01, 1, 0]);
-    let mut list = vec![0u8];
-    list.extend((name.len() as u16).to_be_bytes());
-    list.extend(name);
-    let mut ext = (list.len() as u16).to_be_bytes().to_vec();
-    ext.extend(list);
-    let mut exts = vec![0, 0];
-    exts.extend((ext.len() as u16).to_be_bytes());
-    exts.extend(ext);
-    exts.extend([0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]);
-    body.extend((exts.len() as u16).to_be_bytes());
-    body.extend(exts);
-    let mut msg = vec![1u8];
-    msg.extend(&(body.len() as u32).to_be_bytes()[1..]);
-    msg.extend(body);
-    let mut record = vec![0x16, 0x03, 0x01];
-    record.extend((msg.len() as u16).to_be_bytes());
-    record.extend(msg);
-    record
 }
 
 /// Pins every thread of `pid` to `cpu` (threads it makes later inherit the mask).

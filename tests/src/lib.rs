@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod bins;
+pub mod client_hello;
 pub mod controlplane;
 pub mod envoy;
 pub mod fixtures;

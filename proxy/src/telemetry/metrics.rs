@@ -115,33 +115,15 @@ pub struct Flow<'a> {
     pub mtls: bool,
 }
 
-/// Labels of the HTTP metrics (Istio's).
+/// Labels of the HTTP metrics (Istio's): the TCP ones and the response code.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Labels {
-    reporter: &'static str,
-    source_workload: String,
-    source_workload_namespace: String,
-    source_principal: String,
-    source_cluster: String,
-    source_app: String,
-    source_version: String,
-    source_canonical_service: String,
-    source_canonical_revision: String,
-    destination_workload: String,
-    destination_workload_namespace: String,
-    destination_service: String,
-    destination_principal: String,
-    destination_cluster: String,
-    destination_app: String,
-    destination_version: String,
-    destination_canonical_service: String,
-    destination_canonical_revision: String,
-    request_protocol: &'static str,
+    #[prometheus(flatten)]
+    flow: TcpLabels,
     response_code: String,
-    connection_security_policy: &'static str,
 }
 
-/// Labels of the TCP metrics (the HTTP ones without `response_code`).
+/// Labels of the TCP metrics, and of every HTTP metric but `response_code`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     reporter: &'static str,
@@ -445,29 +427,11 @@ impl Telemetry {
         request_bytes: u64,
         response_bytes: u64,
     ) {
-        let t = self.tcp_labels(flow, peer);
+        let mut flow = self.tcp_labels(flow, peer);
+        flow.request_protocol = if grpc { "grpc" } else { "http" };
         let labels = Labels {
-            reporter: t.reporter,
-            source_workload: t.source_workload,
-            source_workload_namespace: t.source_workload_namespace,
-            source_principal: t.source_principal,
-            source_cluster: t.source_cluster,
-            source_app: t.source_app,
-            source_version: t.source_version,
-            source_canonical_service: t.source_canonical_service,
-            source_canonical_revision: t.source_canonical_revision,
-            destination_workload: t.destination_workload,
-            destination_workload_namespace: t.destination_workload_namespace,
-            destination_service: t.destination_service,
-            destination_principal: t.destination_principal,
-            destination_cluster: t.destination_cluster,
-            destination_app: t.destination_app,
-            destination_version: t.destination_version,
-            destination_canonical_service: t.destination_canonical_service,
-            destination_canonical_revision: t.destination_canonical_revision,
-            request_protocol: if grpc { "grpc" } else { "http" },
+            flow,
             response_code: status.to_string(),
-            connection_security_policy: t.connection_security_policy,
         };
         self.requests.get_or_create(&labels).inc();
         self.duration
